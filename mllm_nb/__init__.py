@@ -1,0 +1,55 @@
+"""mllm_nb: multimodal LLMs made easy in Jupyter and Colab.
+
+Three lines for a curious explorer::
+
+    import mllm_nb as mn
+    clip = mn.load_clip("openai/clip-vit-base-patch32")
+    clip.classify(mn.load_image("cat.jpg"), ["cat", "dog"]).top(1)
+
+Names are imported lazily so that ``import mllm_nb`` stays fast and does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "MllmNbError": "mllm_nb.errors",
+    "ImageLoadError": "mllm_nb.errors",
+    "ModelLoadError": "mllm_nb.errors",
+    "DemoModeError": "mllm_nb.errors",
+    "load_image": "mllm_nb.images",
+    "load_images": "mllm_nb.images",
+    "show": "mllm_nb.display",
+    "plot_probs": "mllm_nb.display",
+    "plot_predictions": "mllm_nb.display",
+    "doctor": "mllm_nb.hardware",
+    "best_dtype": "mllm_nb.hardware",
+    "hardware_report": "mllm_nb.hardware",
+    "load_clip": "mllm_nb.clip",
+    "Clip": "mllm_nb.clip",
+    "Classification": "mllm_nb.clip",
+    "ImageIndex": "mllm_nb.clip",
+    "is_demo": "mllm_nb.demo.mode",
+}
+
+__all__ = sorted(_EXPORTS) + ["hardware", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "hardware":
+        return importlib.import_module("mllm_nb.hardware")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mllm_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,84 @@
+"""Explicit, loud, offline demo mode.
+
+Demo mode swaps real Hub checkpoints for the project's own tiny models of the same architectures,
+trained on synthetic data (see ``mllm_nb/demo/``). It is never switched on silently: it needs
+``MLLM_NB_DEMO=1`` in the environment or ``demo=True`` in the call, and every loader that uses a
+fixture prints a line starting with ``DEMO MODE``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+
+from mllm_nb.errors import DemoModeError
+
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+DEMO_ENV_VAR = "MLLM_NB_DEMO"
+
+# Hub id patterns (fnmatch, case-insensitive) -> fixture folder name, per task.
+_FIXTURE_PATTERNS: dict[str, dict[str, str]] = {
+    "clip": {
+        "openai/clip-*": "tiny-clip",
+        "google/siglip*": "tiny-clip",
+        "laion/clip-*": "tiny-clip",
+        "laion/*clip*": "tiny-clip",
+    },
+}
+
+
+def is_demo(demo: bool | None = None) -> bool:
+    """Return whether demo mode is on: ``demo`` when given, else the ``MLLM_NB_DEMO`` variable.
+
+    >>> is_demo(True)
+    True
+    """
+    if demo is not None:
+        return bool(demo)
+    return os.environ.get(DEMO_ENV_VAR, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def fixture_path(name: str) -> Path:
+    """Path of a committed fixture model folder, e.g. ``fixture_path("tiny-clip")``."""
+    path = FIXTURES_DIR / name
+    if not (path / "config.json").is_file():
+        raise DemoModeError(
+            f"The demo fixture {name!r} is missing from {FIXTURES_DIR}; "
+            "reinstall mllm-nb or regenerate it with its training script in mllm_nb/demo/."
+        )
+    return path
+
+
+def resolve_model(name_or_path: str | os.PathLike, task: str, demo: bool | None = None) -> tuple[str, bool]:
+    """Map a model id to what should actually be loaded.
+
+    Returns ``(name_or_path, is_fixture)``. A local folder is always used as it is. In demo mode a
+    known Hub id resolves to the tiny fixture of its family; an unknown id raises ``DemoModeError``.
+
+    >>> path, is_fixture = resolve_model("openai/clip-vit-base-patch32", "clip", demo=True)
+    >>> is_fixture
+    True
+    """
+    text = os.fspath(name_or_path)
+    if Path(text).expanduser().is_dir():
+        return str(Path(text).expanduser()), False
+    if not is_demo(demo):
+        return text, False
+    patterns = _FIXTURE_PATTERNS.get(task, {})
+    for pattern, fixture in patterns.items():
+        if fnmatch.fnmatch(text.lower(), pattern):
+            return str(fixture_path(fixture)), True
+    known = ", ".join(sorted(patterns)) or "none"
+    raise DemoModeError(
+        f"Demo mode has no offline fixture for {text!r} ({task}); use one of the ids matching "
+        f"{known}, a local folder, or unset {DEMO_ENV_VAR} to download the real model."
+    )
+
+
+def demo_banner(requested: str, fixture: str, what: str) -> str:
+    """The loud one-line notice printed whenever a fixture stands in for a real model."""
+    return (
+        f"DEMO MODE: {requested!r} -> offline fixture {Path(fixture).name!r} ({what}); "
+        "answers come from a tiny model trained on synthetic data, not from the real checkpoint."
+    )
