@@ -151,19 +151,26 @@ def load_images(
     ``srcs`` may be a list/tuple of sources, a folder (every image file in it, sorted by name,
     hidden files skipped), a glob pattern such as ``"photos/*.jpg"``, or the ``.value`` of an
     ipywidgets ``FileUpload`` (images in upload order). A ``tqdm`` bar is shown when
-    ``progress=True``, or with ``progress=None`` when there are more than 16 images.
+    ``progress=True``, or with ``progress=None`` when more than 16 of them must be read or decoded
+    (files, URLs, bytes, uploads; PIL images and arrays need no bar).
 
     >>> import numpy as np
     >>> [im.size for im in load_images([np.zeros((2, 3)), np.ones((5, 5))])]
     [(3, 2), (5, 5)]
     """
     items = _expand_sources(srcs)
-    show = len(items) > PROGRESS_THRESHOLD if progress is None else bool(progress)
+    show = _needs_progress(items) if progress is None else bool(progress)
     if show:
         from tqdm.auto import tqdm
 
         items = tqdm(items, desc="Loading images", unit="img")
     return [load_image(item, timeout=timeout, max_bytes=max_bytes, max_pixels=max_pixels) for item in items]
+
+
+def _needs_progress(items: list[Any]) -> bool:
+    """Auto rule: a bar for many items that take I/O or decoding; in-memory pictures load instantly."""
+    to_read = [item for item in items if not isinstance(item, (Image.Image, np.ndarray))]
+    return len(to_read) > PROGRESS_THRESHOLD
 
 
 def iter_upload(value: Any) -> list[tuple[str, bytes]]:

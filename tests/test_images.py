@@ -623,8 +623,9 @@ def test_load_images_error_names_the_bad_item(tmp_path):
     assert str(bad) in str(info.value)
 
 
-def test_progress_bar(capsys):
-    many = [np.zeros((2, 2), np.uint8)] * (images.PROGRESS_THRESHOLD + 1)
+def test_progress_bar(capsys, tmp_path):
+    one = _write(tmp_path / "one.png", _solid_png())
+    many = [one] * (images.PROGRESS_THRESHOLD + 1)
     assert len(load_images(many)) == len(many)
     assert "Loading images" in capsys.readouterr().err
     load_images(many[:3])
@@ -632,6 +633,12 @@ def test_progress_bar(capsys):
     load_images(many[:3], progress=True)
     assert "Loading images" in capsys.readouterr().err
     load_images(many, progress=False)
+    assert "Loading images" not in capsys.readouterr().err
+
+
+def test_no_progress_bar_for_pictures_already_in_memory(capsys):
+    in_memory = [np.zeros((2, 2), np.uint8), Image.new("RGB", (2, 2))] * images.PROGRESS_THRESHOLD
+    assert len(load_images(in_memory)) == len(in_memory)
     assert "Loading images" not in capsys.readouterr().err
 
 
