@@ -35,14 +35,19 @@ _EXPORTS: dict[str, str] = {
     "Classification": "mllm_nb.clip",
     "ImageIndex": "mllm_nb.clip",
     "is_demo": "mllm_nb.demo.mode",
+    "sample_image": "mllm_nb.samples",
+    "sample_images": "mllm_nb.samples",
 }
 
-__all__ = sorted(_EXPORTS) + ["hardware", "__version__"]
+# submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
+_SUBMODULES = {"clip", "cli", "demo", "display", "errors", "hardware", "images", "samples"}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "hardware":
-        return importlib.import_module("mllm_nb.hardware")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mllm_nb.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'mllm_nb' has no attribute {name!r}")
@@ -52,4 +57,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
