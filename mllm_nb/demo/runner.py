@@ -1,0 +1,117 @@
+"""Execute notebooks headless in demo mode; write executed copies + HTML and print a summary.
+
+This is what ``make demo`` and ``mllm-nb demo`` run. The key answers in the summary are the outputs
+of the cells marked ``# NBVAL_CHECK_OUTPUT`` (the same cells nbval checks in ``make test``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mllm_nb.demo.mode import DEMO_ENV_VAR
+from mllm_nb.errors import MllmNbError
+
+CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class NotebookRun:
+    """How one notebook went: cells executed, seconds, the checked answers, and any error."""
+
+    name: str
+    cells: int
+    seconds: float
+    answers: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def run_notebooks(folder: str | os.PathLike, out: str | os.PathLike, timeout: int = 600) -> list[NotebookRun]:
+    """Run every ``*.ipynb`` in ``folder`` (sorted) in demo mode and print the summary table.
+
+    >>> run_notebooks("notebooks", "build/demo")  # doctest: +SKIP
+    """
+    paths = sorted(Path(folder).glob("*.ipynb"))
+    if not paths:
+        raise MllmNbError(f"No notebooks found in {str(folder)!r}; run from the repository root or pass --notebooks.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ[DEMO_ENV_VAR] = "1"  # the kernels inherit it
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    results = []
+    for path in paths:
+        print(f"running {path.name} ...", flush=True)
+        results.append(run_notebook(path, out, timeout))
+    print(format_summary(results))
+    return results
+
+
+def execute_notebook(path: Path, timeout: int = 600):
+    """Execute a notebook in its own folder; return ``(notebook, seconds, error or None)``."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    started = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as err:
+        error = _ANSI.sub("", str(err)).strip().splitlines()[-1][:300]
+    return notebook, time.perf_counter() - started, error
+
+
+def run_notebook(path: Path, out: Path, timeout: int) -> NotebookRun:
+    """Execute one notebook and save the executed copy and its HTML rendering to ``out``."""
+    import nbformat
+
+    notebook, seconds, error = execute_notebook(path, timeout)
+    nbformat.write(notebook, out / path.name)
+    _write_html(notebook, out / path.with_suffix(".html").name)
+    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
+    return NotebookRun(path.name, len(code_cells), seconds, _checked_answers(code_cells), error)
+
+
+def _write_html(notebook, target: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    target.write_text(body, encoding="utf-8")
+
+
+def _checked_answers(cells) -> list[str]:
+    answers = []
+    for cell in cells:
+        if CHECK_MARKER not in cell.source:
+            continue
+        for output in cell.get("outputs", []):
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            answers.extend(line.strip() for line in text.splitlines() if line.strip())
+    return answers
+
+
+def format_summary(results: list[NotebookRun], width: int = 70) -> str:
+    """The summary table: notebook, code cells, seconds, status and the key answers."""
+    lines = [f"{'notebook':32} {'cells':>5} {'seconds':>8}  status", "-" * 60]
+    for run in results:
+        status = "ok" if run.ok else f"FAILED: {run.error}"
+        lines.append(f"{run.name:32} {run.cells:5d} {run.seconds:8.1f}  {status}")
+        for answer in run.answers:
+            lines.append(f"    {answer[:width]}")
+    total = sum(r.seconds for r in results)
+    lines.append("-" * 60)
+    lines.append(f"{len(results)} notebooks, {sum(r.ok for r in results)} ok, {total:.1f} s in all")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Demo-mode resolution, the sample photos, the CLI and the notebook runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mllm_nb as mn
+from mllm_nb.demo.mode import demo_banner, fixture_path, is_demo, resolve_model
+from mllm_nb.errors import DemoModeError
+from mllm_nb.samples import SAMPLES, SampleError, sample_image, sample_path
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False)])
+def test_is_demo_reads_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("MLLM_NB_DEMO", value)
+    assert is_demo() is expected
+    assert is_demo(False) is False and is_demo(True) is True
+
+
+def test_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLLM_NB_DEMO", raising=False)
+    assert resolve_model("openai/clip-vit-base-patch32", "clip") == ("openai/clip-vit-base-patch32", False)
+    path, is_fixture = resolve_model("openai/clip-vit-large-patch14", "clip", demo=True)
+    assert is_fixture and Path(path) == fixture_path("tiny-clip")
+    assert resolve_model(tmp_path, "clip", demo=True) == (str(tmp_path), False)  # a local folder always wins
+    with pytest.raises(DemoModeError, match="no offline fixture for 'meta/llama'"):
+        resolve_model("meta/llama", "clip", demo=True)
+    with pytest.raises(DemoModeError, match="missing"):
+        fixture_path("no-such-fixture")
+
+
+def test_banner_is_loud():
+    assert demo_banner("openai/clip", "/x/tiny-clip", "CLIPModel").startswith("DEMO MODE: 'openai/clip'")
+
+
+def test_samples_ship_offline():
+    for name in SAMPLES:
+        assert sample_path(name).is_file()
+    cat = sample_image("chelsea")
+    assert cat.mode == "RGB" and cat.size == (451, 300)
+    assert set(mn.sample_images(["coffee", "grace_hopper"])) == {"coffee", "grace_hopper"}
+    with pytest.raises(SampleError, match="No sample photo called 'dog'"):
+        sample_path("dog")
+
+
+def test_lazy_package_namespace():
+    assert mn.clip.DEFAULT_TEMPLATE == "a photo of a {}."
+    assert callable(mn.load_image) and issubclass(mn.ImageLoadError, mn.MllmNbError)
+    with pytest.raises(AttributeError):
+        mn.no_such_name  # noqa: B018
+    assert "load_clip" in dir(mn)
+
+
+def test_cli_doctor_prints_the_report():
+    done = subprocess.run([sys.executable, "-m", "mllm_nb.cli", "doctor"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "float32" in done.stdout and "RAM" in done.stdout
+
+
+def test_cli_demo_reports_a_missing_folder_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mllm_nb.cli", "demo", "--notebooks", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: No notebooks found in")
+
+
+def test_runner_executes_and_summarises(tmp_path, capsys):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from mllm_nb.demo.runner import run_notebooks
+
+    good = new_notebook(cells=[new_code_cell("import os\nprint(os.environ['MLLM_NB_DEMO'])"),
+                               new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('answer: 42')")])
+    bad = new_notebook(cells=[new_code_cell("1 / 0")])
+    for name, nb in (("a_good.ipynb", good), ("b_bad.ipynb", bad)):
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / name)
+    results = run_notebooks(tmp_path, tmp_path / "out")
+    assert [r.ok for r in results] == [True, False]
+    assert results[0].answers == ["answer: 42"] and results[0].cells == 2
+    assert "ZeroDivisionError" in results[1].error
+    executed = json.loads((tmp_path / "out" / "a_good.ipynb").read_text())
+    assert "".join(executed["cells"][0]["outputs"][0]["text"]) == "1\n"  # demo mode reached the kernel
+    assert (tmp_path / "out" / "a_good.html").read_text().count("answer: 42") >= 1
+    summary = capsys.readouterr().out
+    assert "answer: 42" in summary and "FAILED" in summary and "2 notebooks, 1 ok" in summary
