@@ -12,7 +12,6 @@ export MLLM_NB_DEMO := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
 .PHONY: test demo venv clean fixtures notebooks

@@ -37,12 +37,39 @@ from mllm_nb.errors import MllmNbError
 
 __all__ = [
     "DisplayError",
+    "enable_notebook_figures",
     "find_cjk_font",
     "has_cjk",
     "plot_predictions",
     "plot_probs",
     "show",
 ]
+
+
+def enable_notebook_figures() -> bool:
+    """Make IPython draw returned matplotlib Figures as PNG, even when pyplot was never imported.
+
+    IPython registers its figure formatter only when pyplot activates the inline backend; the
+    figures here are built without pyplot, so this registers it once with IPython's own
+    ``select_figure_formats``. Returns whether a formatter is in place (False outside IPython).
+
+    >>> enable_notebook_figures()  # outside IPython there is nothing to do
+    False
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    png = shell.display_formatter.formatters["image/png"]
+    try:
+        png.lookup_by_type(Figure)
+    except KeyError:
+        select_figure_formats(shell, {"png"})
+    return True
 
 
 class DisplayError(MllmNbError, ValueError):
@@ -619,3 +646,6 @@ def plot_predictions(
         _draw_image(fig.add_subplot(grid[2 * row, col]), image, cell_title, size)
         plot_probs(labels, matrix[i], k=k, ax=fig.add_subplot(grid[2 * row + 1, col]))
     return fig
+
+
+enable_notebook_figures()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import subprocess
 import sys
@@ -511,3 +512,21 @@ def test_wrap_breaks_long_cjk_text() -> None:
     wrapped = display._wrap("가" * 100, 3.0)
     assert "\n" in wrapped
     assert wrapped.replace("\n", "") == "가" * 100
+
+
+def test_figures_render_as_png_in_ipython_without_pyplot():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from mllm_nb.display import enable_notebook_figures
+
+    shell = InteractiveShell.instance()
+    try:
+        fig = show(Image.new("RGB", (8, 8), "red"))
+        assert "image/png" not in shell.display_formatter.format(fig)[0]  # IPython alone: text only
+        assert enable_notebook_figures() is True
+        data, _ = shell.display_formatter.format(fig)
+        assert base64.b64decode(data["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert enable_notebook_figures() is True  # idempotent
+    finally:
+        InteractiveShell.clear_instance()
+    assert enable_notebook_figures() is False

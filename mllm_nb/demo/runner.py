@@ -46,7 +46,6 @@ def run_notebooks(folder: str | os.PathLike, out: str | os.PathLike, timeout: in
     out.mkdir(parents=True, exist_ok=True)
     os.environ[DEMO_ENV_VAR] = "1"  # the kernels inherit it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
     results = []
     for path in paths:
         print(f"running {path.name} ...", flush=True)
