@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_cli_demo_reports_a_missing_folder_in_one_line(tmp_path):
     assert done.stderr.strip().startswith("error: No notebooks found in")
 
 
-def test_runner_executes_and_summarises(tmp_path, capsys):
+def test_runner_executes_and_summarises(tmp_path, capsys, monkeypatch):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
@@ -81,7 +82,9 @@ def test_runner_executes_and_summarises(tmp_path, capsys):
     for name, nb in (("a_good.ipynb", good), ("b_bad.ipynb", bad)):
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, tmp_path / name)
+    monkeypatch.delenv("MLLM_NB_DEMO", raising=False)
     results = run_notebooks(tmp_path, tmp_path / "out")
+    assert "MLLM_NB_DEMO" not in os.environ  # demo mode reached the kernels without leaking into this process
     assert [r.ok for r in results] == [True, False]
     assert results[0].answers == ["answer: 42"] and results[0].cells == 2
     assert "ZeroDivisionError" in results[1].error

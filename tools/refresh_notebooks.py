@@ -9,18 +9,17 @@ stripped, so the notebooks stay small and a Colab user starts from a clean page.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import nbformat
 
-from mllm_nb.demo.runner import CHECK_MARKER, execute_notebook
+from mllm_nb.demo.runner import CHECK_MARKER, demo_environment, execute_notebook
 
 
 def refresh(path: Path) -> None:
-    os.environ["MLLM_NB_DEMO"] = "1"
-    notebook, seconds, error = execute_notebook(path)
+    with demo_environment():
+        notebook, seconds, error = execute_notebook(path)
     if error:
         raise SystemExit(f"{path.name} failed: {error}")
     for cell in notebook.cells:

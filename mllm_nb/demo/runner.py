@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,14 +46,29 @@ def run_notebooks(folder: str | os.PathLike, out: str | os.PathLike, timeout: in
         raise MllmNbError(f"No notebooks found in {str(folder)!r}; run from the repository root or pass --notebooks.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    os.environ[DEMO_ENV_VAR] = "1"  # the kernels inherit it
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = []
-    for path in paths:
-        print(f"running {path.name} ...", flush=True)
-        results.append(run_notebook(path, out, timeout))
+    with demo_environment():
+        for path in paths:
+            print(f"running {path.name} ...", flush=True)
+            results.append(run_notebook(path, out, timeout))
     print(format_summary(results))
     return results
+
+
+@contextmanager
+def demo_environment() -> Iterator[None]:
+    """Demo mode and an offline Hub for the kernels started inside; the old values come back after."""
+    wanted = {DEMO_ENV_VAR: "1", "HF_HUB_OFFLINE": "1"}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def execute_notebook(path: Path, timeout: int = 600):
