@@ -36,11 +36,18 @@ _EXPORTS: dict[str, str] = {
     "ImageIndex": "mllm_nb.clip",
     "is_demo": "mllm_nb.demo.mode",
     "sample_image": "mllm_nb.samples",
+    "fit": "mllm_nb.plan",
+    "FitReport": "mllm_nb.plan",
+    "WontFitError": "mllm_nb.plan",
+    "load_vlm": "mllm_nb.loading",
+    "VLM": "mllm_nb.vlm",
     "sample_images": "mllm_nb.samples",
 }
 
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
-_SUBMODULES = {"clip", "cli", "demo", "display", "errors", "hardware", "images", "samples"}
+_SUBMODULES = {
+    "catalog", "clip", "cli", "demo", "display", "errors", "hardware", "images", "loading", "plan", "samples", "vlm",
+}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

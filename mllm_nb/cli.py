@@ -1,4 +1,4 @@
-"""The ``mllm-nb`` command line: ``mllm-nb doctor`` and ``mllm-nb demo``."""
+"""The ``mllm-nb`` command line: ``mllm-nb doctor``, ``mllm-nb demo`` and ``mllm-nb fit``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from mllm_nb.plan import fit
+
+    quantization = None if args.quantization == "none" else args.quantization
+    report = fit(
+        args.model,
+        quantization=quantization,
+        target=args.target,
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+        n_images=args.images,
+    )
+    print(report)
+    return 0 if report.fits else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per task."""
     parser = argparse.ArgumentParser(prog="mllm-nb", description="Multimodal LLMs in notebooks, made easy.")
@@ -35,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="build/demo", help="where executed notebooks and HTML go")
     demo.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
     demo.set_defaults(func=_demo)
+
+    fit = commands.add_parser("fit", help="will a model fit a GPU? plan memory before downloading (exit 1 if not)")
+    fit.add_argument("model", help="catalog id, other Hub id, or local checkpoint folder")
+    fit.add_argument("--quantization", choices=["4bit", "8bit", "none"], default="4bit", help="how to load it")
+    fit.add_argument("--target", choices=["auto", "t4", "l4", "a100-40", "cpu"], default="auto", help="where to run")
+    fit.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None, help="compute dtype")
+    fit.add_argument("--max-new-tokens", type=int, default=512, help="tokens to generate")
+    fit.add_argument("--images", type=int, default=1, help="images per prompt")
+    fit.set_defaults(func=_fit)
     return parser
 
 
