@@ -93,3 +93,13 @@ def test_runner_executes_and_summarises(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "out" / "a_good.html").read_text().count("answer: 42") >= 1
     summary = capsys.readouterr().out
     assert "answer: 42" in summary and "FAILED" in summary and "2 notebooks, 1 ok" in summary
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_a_missing_local_path_is_a_path_error_in_both_modes(tmp_path, demo):
+    from mllm_nb.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="No model folder .*check the path") as info:
+        resolve_model(tmp_path / "no-such-model", "vlm", demo=demo)
+    assert not isinstance(info.value, DemoModeError)
+    assert resolve_model("llava-hf/llava-1.5-7b-hf", "vlm", demo=False) == ("llava-hf/llava-1.5-7b-hf", False)

@@ -12,7 +12,7 @@ import fnmatch
 import os
 from pathlib import Path
 
-from mllm_nb.errors import DemoModeError
+from mllm_nb.errors import DemoModeError, ModelLoadError
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 DEMO_ENV_VAR = "MLLM_NB_DEMO"
@@ -24,6 +24,9 @@ _FIXTURE_PATTERNS: dict[str, dict[str, str]] = {
         "google/siglip*": "tiny-clip",
         "laion/clip-*": "tiny-clip",
         "laion/*clip*": "tiny-clip",
+    },
+    "vlm": {
+        "llava-hf/*": "tiny-llava",
     },
 }
 
@@ -63,6 +66,11 @@ def resolve_model(name_or_path: str | os.PathLike, task: str, demo: bool | None 
     text = os.fspath(name_or_path)
     if Path(text).expanduser().is_dir():
         return str(Path(text).expanduser()), False
+    if looks_like_path(text):
+        raise ModelLoadError(
+            f"No model folder {text!r}; check the path (the current folder is {os.getcwd()!r}) "
+            "or pass a Hub id such as 'llava-hf/llava-1.5-7b-hf'."
+        )
     if not is_demo(demo):
         return text, False
     patterns = _FIXTURE_PATTERNS.get(task, {})
@@ -73,6 +81,19 @@ def resolve_model(name_or_path: str | os.PathLike, task: str, demo: bool | None 
     raise DemoModeError(
         f"Demo mode has no offline fixture for {text!r} ({task}); use one of the ids matching "
         f"{known}, a local folder, or unset {DEMO_ENV_VAR} to download the real model."
+    )
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` is written as a file-system path rather than a Hub id like ``org/name``.
+
+    >>> looks_like_path("./models/tiny"), looks_like_path("openai/clip-vit-base-patch32")
+    (True, False)
+    """
+    return (
+        text.startswith(("/", "./", "../", "~", "\\"))
+        or text.count("/") > 1
+        or (len(text) > 1 and text[1] == ":")  # a Windows drive
     )
 
 
