@@ -1,0 +1,333 @@
+"""Load a vision-language chat model (the LLaVA family) so that it fits, and say how.
+
+``load_vlm`` plans before it loads: :func:`mllm_nb.plan.fit` estimates what the checkpoint needs on
+this machine, and the loader picks the precision from that (full compute dtype when it fits, else
+4-bit NF4 with double quantization) or refuses with the numbers before any weight is read. One
+line then says what was loaded, where, in which precision and why.
+
+>>> vlm = load_vlm("llava-hf/llava-1.5-7b-hf")  # doctest: +SKIP
+Loaded llava-hf/llava-1.5-7b-hf (LlavaForConditionalGeneration, 7.1B parameters) on cuda:0 in 4-bit NF4 + ...
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mllm_nb.errors import ModelLoadError
+from mllm_nb.vlm import VLM, VLMError
+
+QUANTIZATIONS: tuple[str | None, ...] = ("auto", "4bit", "8bit", None)
+_GB = 10**9
+_GIB = 2**30
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What the planner let us load: the quantization, its report and the reason in words."""
+
+    quantization: str | None
+    report: Any
+    why: str
+
+
+def load_vlm(
+    model_id: str | os.PathLike,
+    quantization: str | None = "auto",
+    dtype: torch.dtype | str = "auto",
+    device_map: Any = "auto",
+    force: bool = False,
+    demo: bool | None = None,
+) -> VLM:
+    """Load a LLaVA-family checkpoint (Hub id or local folder) that fits this machine, as a :class:`VLM`.
+
+    ``quantization``: ``"auto"`` (full precision when it fits, else 4-bit NF4), ``"4bit"``,
+    ``"8bit"`` or None. ``dtype``: ``"auto"`` is :func:`mllm_nb.best_dtype` (float16 on a T4,
+    bfloat16 from sm80 on, float32 on CPU); 4-bit layers compute in it. If the planner says the
+    model won't fit, ``WontFitError`` is raised before any weight is read, unless ``force=True``.
+    In demo mode (``MLLM_NB_DEMO=1`` or ``demo=True``) ``llava-hf/*`` ids load the tiny offline demo.
+
+    >>> vlm = load_vlm("llava-hf/llava-1.5-7b-hf", demo=True)  # doctest: +SKIP
+    DEMO MODE: ...
+    >>> vlm.ask("scene.png", "What shape is red?")  # doctest: +SKIP
+    """
+    from mllm_nb.demo.mode import demo_banner, resolve_model
+
+    requested = os.fspath(model_id)
+    _check_arguments(quantization, device_map, force)
+    path, is_fixture = resolve_model(requested, "vlm", demo)
+    device = _pick_device()
+    compute_dtype = _pick_dtype(dtype, device)
+    config = _read_config(path, requested)
+    if is_fixture:
+        print(demo_banner(requested, path, (getattr(config, "architectures", None) or [config.model_type])[0]))
+    choice = _choose_quantization(path, requested, quantization, None if dtype == "auto" else compute_dtype, force)
+    model, processor = _from_pretrained(
+        path, requested, choice.quantization, compute_dtype, _device_map(device_map, device, choice), is_fixture
+    )
+    if choice.quantization == "4bit" and model.device.type == "cpu":
+        _avoid_packed_cpu_kernel(model)
+    print(_loaded_line(requested, model, choice, compute_dtype))
+    return VLM(model=model, processor=processor, name=requested, plan=choice.report, quantization=choice.quantization)
+
+
+# ------------------------------------------------------------------------------------ arguments
+
+
+def _check_arguments(quantization: Any, device_map: Any, force: Any) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise VLMError(f"quantization={quantization!r} is not supported; use 'auto', '4bit', '8bit' or None.")
+    if not isinstance(device_map, (str, dict)):
+        raise VLMError(f"device_map={device_map!r} must be 'auto', a device name such as 'cpu', or a dict.")
+    if not isinstance(force, bool):
+        raise VLMError(f"force must be True or False; got {force!r}.")
+
+
+def _pick_device() -> torch.device:
+    """The GPU when there is one (bitsandbytes needs CUDA for speed), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _pick_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        from mllm_nb.hardware import best_dtype
+
+        return best_dtype(device)
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise VLMError(f"dtype={dtype!r} is not a floating torch dtype; use 'auto', torch.float16 or 'float32'.")
+    return resolved
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# -------------------------------------------------------------------------------------- config
+
+
+def _read_config(path: str, requested: str) -> Any:
+    """The checkpoint's config (a few KB): proves the id or folder is usable before planning."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_failure_message(requested, err)) from err
+    if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"{requested!r} is a {config.model_type!r} model, not an image-text-to-text chat model; "
+            "use a LLaVA checkpoint such as 'llava-hf/llava-1.5-7b-hf' (CLIP models load with load_clip)."
+        )
+    return config
+
+
+def _failure_message(requested: str, err: BaseException) -> str:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"Could not load {requested!r} ({reason[:200]}); check the id or folder, connect to the "
+        "internet for Hub ids, or set MLLM_NB_DEMO=1 to use the offline demo model."
+    )
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+def _plan(path: str, requested: str, quantization: str | None, dtype: torch.dtype | None) -> Any:
+    from mllm_nb.errors import MllmNbError
+    from mllm_nb.plan import fit
+
+    kwargs: dict[str, Any] = {"quantization": quantization, "target": "auto"}
+    if dtype is not None:
+        kwargs["dtype"] = _dtype_name(dtype)
+    try:
+        return fit(path, **kwargs)
+    except MllmNbError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_failure_message(requested, err)) from err
+
+
+def _choose_quantization(
+    path: str, requested: str, quantization: str | None, dtype: torch.dtype | None, force: bool
+) -> _Choice:
+    """Honour an explicit choice; for ``"auto"`` take full precision, else 4-bit, else refuse."""
+    if quantization != "auto":
+        report = _plan(path, requested, quantization, dtype)
+        if not report.fits:
+            _refuse_or_warn(requested, report, quantization, force)
+            return _Choice(quantization, report, f"forced past the planner; needs {_gb(report.weights_bytes)}")
+        needs = _gb(report.weights_bytes)
+        return _Choice(quantization, report, f"{_label(quantization)} chosen by the caller; needs {needs}")
+    full = _plan(path, requested, None, dtype)
+    if full.fits:
+        return _Choice(None, full, f"{full.compute_dtype} weights ({_gb(full.weights_bytes)}) fit {_where(full)}")
+    small = _plan(path, requested, "4bit", dtype)
+    too_big = f"{full.compute_dtype} weights ({_gb(full.weights_bytes)}) don't fit {_where(full)}"
+    if small.fits:
+        return _Choice("4bit", small, f"{too_big}; 4-bit needs {_gb(small.weights_bytes)}")
+    _refuse_or_warn(requested, small, "4bit", force)
+    return _Choice("4bit", small, f"{too_big}, nor does 4-bit ({_gb(small.weights_bytes)}); forced past the planner")
+
+
+def _refuse_or_warn(requested: str, report: Any, quantization: str | None, force: bool) -> None:
+    from mllm_nb.plan import WontFitError
+
+    verdict = _verdict(requested, report, quantization)
+    if force:
+        print(f"WARNING: {verdict}; loading anyway because force=True.")
+        return
+    error = WontFitError(f"{verdict}; or pass force=True to try anyway.\n{report}")
+    error.report = report
+    raise error
+
+
+def _verdict(requested: str, report: Any, quantization: str | None) -> str:
+    """One sentence (no final period) with the numbers and the planner's first suggestion."""
+    summary = getattr(report, "summary", None)
+    if callable(summary):
+        return summary().rstrip(".")
+    hint = report.suggestions[0].rstrip(".") if getattr(report, "suggestions", None) else "pick a smaller model"
+    needs = f"{_gb(report.weights_bytes)} of weights in {_label(quantization)}"
+    return f"{requested} needs {needs} and won't fit {_where(report)}; {hint}"
+
+
+def _where(report: Any) -> str:
+    target = report.target
+    if getattr(target, "gpu_bytes", None):
+        return f"this {target.name} ({target.gpu_bytes / _GIB:.1f} GiB)"
+    ram = getattr(target, "ram_bytes", None)
+    return f"in RAM ({_gb(ram)}, no GPU)" if ram else "in RAM (no GPU)"
+
+
+def _gb(num_bytes: float) -> str:
+    return f"{num_bytes / _GB:.1f} GB" if num_bytes >= 0.1 * _GB else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def _label(quantization: str | None) -> str:
+    return {"4bit": "4-bit NF4", "8bit": "8-bit"}.get(quantization or "", "full precision")
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def _device_map(device_map: Any, device: torch.device, choice: _Choice) -> Any:
+    """``"auto"``: the whole model on the GPU (or the CPU); accelerate's spreading only when forced past the plan."""
+    if device_map != "auto":
+        return device_map
+    if device.type == "cpu":
+        return "cpu"
+    if choice.quantization is None and not choice.report.fits:
+        return "auto"
+    return {"": device.index or 0}
+
+
+def _quantization_config(quantization: str | None, dtype: torch.dtype) -> Any:
+    if quantization is None:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(
+            f"{quantization} loading needs bitsandbytes; run pip install bitsandbytes and restart the runtime."
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def _from_pretrained(
+    path: str, requested: str, quantization: str | None, dtype: torch.dtype, device_map: Any, quiet: bool
+) -> tuple[Any, Any]:
+    """Processor, then weights shard by shard (quantized on the fly); failures become one line."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mllm_nb.clip import _quiet_loading
+
+    quantization_config = _quantization_config(quantization, dtype)
+    try:
+        with _quiet_loading(quiet), _quiet_bitsandbytes():
+            processor = AutoProcessor.from_pretrained(path)
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=dtype, device_map=device_map, quantization_config=quantization_config
+            )
+    except torch.OutOfMemoryError as err:
+        raise ModelLoadError(
+            f"Out of memory while loading {requested!r}; restart the runtime to free memory, "
+            "or use quantization='4bit'."
+        ) from err
+    except (OSError, ValueError, ImportError) as err:
+        raise ModelLoadError(_failure_message(requested, err)) from err
+    return model, processor
+
+
+def _avoid_packed_cpu_kernel(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes' packed AVX512-BF16 CPU kernel off the layers it cannot pack.
+
+    That kernel needs ``out_features % 32 == 0`` and ``in_features % 64 == 0``; other 4-bit layers
+    (SigLIP's 4304-wide MLP, small demo models) would crash at their first forward, so they use the
+    generic CPU kernel instead.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and (module.out_features % 32 or module.in_features % 64):
+            module.support_avx512bf16_for_cpu = False
+
+
+@contextmanager
+def _quiet_bitsandbytes() -> Iterator[None]:
+    """Hide bitsandbytes' import-time warning about optional CPU kernels (it is not actionable here)."""
+    logger = logging.getLogger("bitsandbytes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------- the one line
+
+
+def _loaded_line(requested: str, model: Any, choice: _Choice, dtype: torch.dtype) -> str:
+    precision = _dtype_name(dtype)
+    if choice.quantization == "4bit":
+        precision = f"4-bit NF4 + {precision} compute"
+    elif choice.quantization == "8bit":
+        precision = f"8-bit + {precision} compute"
+    return (
+        f"Loaded {requested} ({type(model).__name__}, {_count(_count_params(model))} parameters) "
+        f"on {model.device} in {precision}: {choice.why}."
+    )
+
+
+def _count_params(model: torch.nn.Module) -> int:
+    """Parameters as in the checkpoint: a packed 4-bit weight counts its original shape."""
+    total = 0
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        total += math.prod(state.shape) if state is not None else param.numel()
+    return total
+
+
+def _count(n: int) -> str:
+    if n >= 10**9:
+        return f"{n / 1e9:.1f}B"
+    if n >= 10**6:
+        return f"{n / 1e6:.1f}M"
+    return f"{n / 1e3:.0f}K"

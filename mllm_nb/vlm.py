@@ -1,0 +1,459 @@
+"""Ask a vision-language model (the LLaVA family) about images, in one call.
+
+:class:`VLM` keeps the real Hugging Face ``model`` and ``processor`` and adds what a notebook needs:
+``ask`` (one or several images and a question -> the answer), ``caption``, ``stream`` (the answer
+piece by piece), ``batch_ask`` (many questions, one ``generate`` per batch) and ``caption_folder``
+(a resumable JSONL of captions). The prompt is built with the processor's own chat template, so
+nothing here is specific to one checkpoint: llava, llava_next and llava_onevision work alike.
+
+Get one with :func:`mllm_nb.loading.load_vlm`::
+
+    vlm = load_vlm("llava-hf/llava-1.5-7b-hf")
+    vlm.ask("cat.jpg", "What is the cat doing?")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mllm_nb.errors import ImageLoadError, MllmNbError
+
+#: Generation keywords that the caller may not pass: ``ask`` builds them from images and question.
+_RESERVED_KWARGS = frozenset({"input_ids", "attention_mask", "pixel_values", "image_sizes", "inputs"})
+#: Keywords that only matter when sampling.
+_SAMPLING_KWARGS = ("temperature", "top_p", "top_k")
+
+
+class VLMError(MllmNbError, ValueError):
+    """Bad arguments given to ``load_vlm`` or to a :class:`VLM` method."""
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """Per-family defaults: the caption prompt and how long an answer may be."""
+
+    caption_prompt: str = "Describe this image in one sentence."
+    max_new_tokens: int = 256
+
+
+_GENERIC = FamilyDefaults()
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
+    "llava": _GENERIC,
+    "llava_next": _GENERIC,
+    "llava_onevision": _GENERIC,
+}
+
+
+@dataclass
+class VLM:
+    """A vision-language chat model with its processor; ``model`` and ``processor`` are the real HF objects.
+
+    >>> vlm = load_vlm("llava-hf/llava-1.5-7b-hf", demo=True)  # doctest: +SKIP
+    >>> vlm.ask("scene.png", "What color is the circle?")  # doctest: +SKIP
+    'red'
+    """
+
+    model: Any
+    processor: Any
+    name: str = ""
+    plan: Any = field(default=None, repr=False)
+    quantization: str | None = None
+
+    # ------------------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> torch.device:
+        """Where the inputs go: the device of the model's first parameters."""
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype image tensors are cast to (the compute dtype, also for 4-bit models)."""
+        return self.model.dtype
+
+    @property
+    def family(self) -> FamilyDefaults:
+        """Defaults of this model's family (``config.model_type``); generic ones for unknown families."""
+        return FAMILY_DEFAULTS.get(getattr(self.model.config, "model_type", ""), _GENERIC)
+
+    def __repr__(self) -> str:
+        how = self.quantization or str(self.dtype).removeprefix("torch.")
+        return f"VLM({self.name!r}, {type(self.model).__name__}, {how}, {self.device})"
+
+    # ----------------------------------------------------------------------------- questions
+
+    def ask(self, images: Any, question: str, **generation: Any) -> str:
+        """Answer ``question`` about ``images`` (one, several in order, or None for text only).
+
+        Greedy decoding by default; pass e.g. ``max_new_tokens=64`` or
+        ``do_sample=True, temperature=0.7`` to change it. Returns only the new text.
+
+        >>> vlm.ask(["left.png", "right.png"], "What differs between the two images?")  # doctest: +SKIP
+        """
+        inputs = self.prepare(images, question)
+        return self._decode(self._generate(inputs, **generation))[0]
+
+    def caption(self, image: Any, prompt: str | None = None, **generation: Any) -> str:
+        """A one-sentence description of ``image`` (the prompt defaults to the family's).
+
+        >>> vlm.caption("cat.jpg")  # doctest: +SKIP
+        'A cat sleeping on a sofa.'
+        """
+        return self.ask(image, prompt or self.family.caption_prompt, **generation)
+
+    def stream(self, images: Any, question: str, **generation: Any) -> Iterator[str]:
+        """Yield the answer piece by piece as it is generated; the pieces join to what ``ask`` returns.
+
+        Generation runs in a worker thread; its errors are raised here, and leaving the loop early
+        stops it at the next token.
+
+        >>> for piece in vlm.stream("cat.jpg", "Describe the cat."):  # doctest: +SKIP
+        ...     print(piece, end="")
+        """
+        from transformers import TextIteratorStreamer
+
+        inputs = self.prepare(images, question)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        yield from _trimmed(self._run_streaming(inputs, streamer, generation))
+
+    def batch_ask(
+        self,
+        items: Sequence[tuple[Any, str]],
+        batch_size: int = 8,
+        progress: bool | None = None,
+        **generation: Any,
+    ) -> list[str]:
+        """Answer many ``(images, question)`` pairs, ``batch_size`` at a time; answers keep the order.
+
+        Prompts are padded on the left so that every row continues right after its own prompt;
+        with greedy decoding the answers equal one-by-one ``ask``.
+
+        >>> vlm.batch_ask([("a.png", "What shape?"), ("b.png", "What color?")])  # doctest: +SKIP
+        ['circle', 'blue']
+        """
+        pairs = [_check_item(i, item) for i, item in enumerate(items)]
+        answers: list[str] = []
+        for chunk in _progress(_chunks(pairs, _check_batch_size(batch_size)), progress, "Answering"):
+            answers += self._answer_batch(chunk, generation)
+        return answers
+
+    def caption_folder(
+        self,
+        folder: str | os.PathLike,
+        out_jsonl: str | os.PathLike,
+        prompt: str | None = None,
+        batch_size: int = 8,
+        progress: bool | None = None,
+        *,
+        retry_failed: bool = False,
+    ) -> dict[str, int]:
+        """Caption every image of ``folder`` into ``out_jsonl``, one JSON object per line; resumable.
+
+        Each line is ``{"file": ..., "caption": ...}`` (``file`` relative to the folder) and is
+        written as soon as it is known. An unreadable file gets ``{"file": ..., "error": ...}`` and
+        the run goes on. Files already in the JSONL are skipped, so an interrupted run continues
+        where it stopped; failed files are retried only with ``retry_failed=True``.
+
+        >>> vlm.caption_folder("photos/", "captions.jsonl")  # doctest: +SKIP
+        {'captioned': 120, 'skipped': 0, 'failed': 1}
+        """
+        from mllm_nb.images import image_files
+
+        root = Path(folder).expanduser()
+        files = image_files(root)
+        out = Path(out_jsonl).expanduser()
+        done = _recorded_files(out, keep_errors=not retry_failed)
+        todo = [f for f in files if _relative(f, root) not in done]
+        counts = {"captioned": 0, "skipped": len(files) - len(todo), "failed": 0}
+        question = prompt or self.family.caption_prompt
+        chunks = _chunks(todo, _check_batch_size(batch_size))
+        with _open_jsonl(out) as sink, _bar(len(todo), progress, "Captioning") as bar:
+            for chunk in chunks:
+                self._caption_chunk(chunk, root, question, sink, counts)
+                bar.update(len(chunk))
+        return counts
+
+    # ------------------------------------------------------------------------------ building blocks
+
+    def prepare(self, images: Any, question: str) -> Any:
+        """The model inputs (a ``BatchFeature`` on the model's device) for one question.
+
+        >>> inputs = vlm.prepare("cat.jpg", "What is this?")  # doctest: +SKIP
+        >>> vlm.model.generate(**inputs, max_new_tokens=8)  # doctest: +SKIP
+        """
+        pil = _as_images(images)
+        return self._encode([pil], [self._prompt(len(pil), question)])
+
+    def generation_kwargs(self, **generation: Any) -> dict[str, Any]:
+        """The keyword arguments ``generate`` gets: the family defaults updated with ``generation``.
+
+        >>> vlm.generation_kwargs(max_new_tokens=8)["do_sample"]  # doctest: +SKIP
+        False
+        """
+        _check_generation(generation)
+        defaults: dict[str, Any] = {"do_sample": False, "max_new_tokens": self.family.max_new_tokens}
+        pad = self._pad_token_id()
+        if pad is not None:
+            defaults["pad_token_id"] = pad
+        return {**defaults, **generation}
+
+    def _prompt(self, n_images: int, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise VLMError(f"The question must be a non-empty string; got {question!r}.")
+        if not getattr(self.processor, "chat_template", None):
+            raise VLMError(
+                f"The processor of {self.name!r} has no chat template; use a chat checkpoint "
+                "(e.g. 'llava-hf/llava-1.5-7b-hf') or set processor.chat_template."
+            )
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _encode(self, images: list[list[Any]], prompts: list[str]) -> Any:
+        flat = [image for row in images for image in row]
+        kwargs: dict[str, Any] = {"padding": True, "padding_side": "left"} if len(prompts) > 1 else {}
+        inputs = self.processor(images=flat or None, text=prompts, return_tensors="pt", **kwargs)
+        return inputs.to(self.device, dtype=self.dtype) if "pixel_values" in inputs else inputs.to(self.device)
+
+    def _generate(self, inputs: Any, **generation: Any) -> torch.Tensor:
+        """Run ``generate`` on prepared inputs; returns only the new token ids (one row per prompt).
+
+        Extra keywords such as ``streamer`` or ``stopping_criteria`` go straight to ``generate``.
+        """
+        kwargs = self.generation_kwargs(**generation)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **kwargs)
+        return output[:, inputs["input_ids"].shape[1] :]
+
+    def _decode(self, new_tokens: torch.Tensor) -> list[str]:
+        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def _pad_token_id(self) -> int | None:
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if getattr(tokenizer, "pad_token_id", None) is not None:
+            return int(tokenizer.pad_token_id)
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = getattr(tokenizer, "eos_token_id", None)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0] if eos else None
+        return None if eos is None else int(eos)
+
+    def _answer_batch(self, pairs: list[tuple[list[Any], str]], generation: dict[str, Any]) -> list[str]:
+        prompts = [self._prompt(len(images), question) for images, question in pairs]
+        inputs = self._encode([images for images, _ in pairs], prompts)
+        return self._decode(self._generate(inputs, **generation))
+
+    def _run_streaming(self, inputs: Any, streamer: Any, generation: dict[str, Any]) -> Iterator[str]:
+        """Generate in a worker thread with ``streamer``; re-raise its error here; stop it when closed."""
+        from transformers import StoppingCriteriaList
+
+        cancel = threading.Event()
+        stops = StoppingCriteriaList(generation.pop("stopping_criteria", None) or [])
+        stops.append(_Cancelled(cancel))
+        _check_generation(generation)  # fail here, before the thread starts
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._generate(inputs, streamer=streamer, stopping_criteria=stops, **generation)
+            except BaseException as err:  # handed to the caller's thread below
+                errors.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="mllm_nb-stream", daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            cancel.set()
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _caption_chunk(
+        self, files: list[Path], root: Path, question: str, sink: Any, counts: dict[str, int]
+    ) -> None:
+        from mllm_nb.images import load_image
+
+        loaded: list[tuple[Path, Any]] = []
+        for file in files:
+            try:
+                loaded.append((file, load_image(file)))
+            except ImageLoadError as err:
+                _write_line(sink, {"file": _relative(file, root), "error": str(err)})
+                counts["failed"] += 1
+        if not loaded:
+            return
+        captions = self._answer_batch([([image], question) for _, image in loaded], {})
+        for (file, _), caption in zip(loaded, captions):
+            _write_line(sink, {"file": _relative(file, root), "caption": caption})
+            counts["captioned"] += 1
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation once ``event`` is set (the stream was closed)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _trimmed(pieces: Iterable[str]) -> Iterator[str]:
+    """Drop leading and trailing whitespace of the whole stream, like ``str.strip`` on the joined text."""
+    started, pending = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+            started = True
+        body = piece.rstrip()
+        if body:
+            yield pending + body
+            pending = piece[len(body) :]
+        else:
+            pending += piece
+
+
+def _as_images(images: Any) -> list[Any]:
+    """None or [] -> no image; otherwise anything ``load_images`` accepts -> RGB PIL images in order."""
+    from mllm_nb.images import load_images
+
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)) and not images:
+        return []
+    return load_images(images)
+
+
+def _check_item(index: int, item: Any) -> tuple[list[Any], str]:
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise VLMError(f"Item {index} of batch_ask must be an (images, question) pair; got {item!r:.80}.")
+    images, question = item
+    return _as_images(images), question
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise VLMError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    return batch_size
+
+
+def _check_generation(generation: dict[str, Any]) -> None:
+    """Light type checks, so that a typo fails here with one line and not deep inside ``generate``."""
+    reserved = sorted(_RESERVED_KWARGS & set(generation))
+    if reserved:
+        raise VLMError(f"{reserved[0]}= is built from the images and the question; pass those instead.")
+    _check_number(generation, "max_new_tokens", int, low=1)
+    _check_number(generation, "min_new_tokens", int, low=0)
+    _check_number(generation, "num_beams", int, low=1)
+    _check_number(generation, "top_k", int, low=0)
+    _check_number(generation, "temperature", float, low=0, open_low=True)
+    _check_number(generation, "top_p", float, low=0, high=1, open_low=True)
+    _check_number(generation, "repetition_penalty", float, low=0, open_low=True)
+    if "do_sample" in generation and not isinstance(generation["do_sample"], bool):
+        raise VLMError(f"do_sample must be True or False; got {generation['do_sample']!r}.")
+    if not generation.get("do_sample"):
+        given = [k for k in _SAMPLING_KWARGS if generation.get(k) is not None]
+        if given:
+            raise VLMError(f"{given[0]}= only matters when sampling; add do_sample=True (greedy is the default).")
+
+
+def _check_number(
+    generation: dict[str, Any],
+    key: str,
+    kind: type,
+    low: float | None = None,
+    high: float | None = None,
+    open_low: bool = False,
+) -> None:
+    if generation.get(key) is None:
+        return
+    value = generation[key]
+    allowed = (int,) if kind is int else (int, float)
+    bad_type = isinstance(value, bool) or not isinstance(value, allowed)
+    too_low = not bad_type and low is not None and (value <= low if open_low else value < low)
+    too_high = not bad_type and high is not None and value > high
+    if bad_type or too_low or too_high:
+        bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        what = "an integer" if kind is int else "a number"
+        raise VLMError(f"{key} must be {what} {bounds}; got {value!r}.")
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _progress(batches: list[Any], progress: bool | None, desc: str) -> Iterable[Any]:
+    from tqdm.auto import tqdm
+
+    show = len(batches) > 2 if progress is None else bool(progress)
+    return tqdm(batches, desc=desc, unit="batch", disable=not show)
+
+
+def _bar(total: int, progress: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    show = total > 16 if progress is None else bool(progress)
+    return tqdm(total=total, desc=desc, unit="img", disable=not show)
+
+
+def _relative(file: Path, root: Path) -> str:
+    return file.relative_to(root).as_posix()
+
+
+def _recorded_files(out: Path, keep_errors: bool) -> set[str]:
+    """Files already in the JSONL: those with a caption, and those with an error when ``keep_errors``."""
+    if not out.is_file():
+        return set()
+    done: set[str] = set()
+    for number, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{out}: line {number} is not valid JSON and is ignored.", stacklevel=3)
+            continue
+        if isinstance(record, dict) and "file" in record and ("caption" in record or keep_errors):
+            done.add(str(record["file"]))
+    return done
+
+
+@contextmanager
+def _open_jsonl(path: Path) -> Iterator[Any]:
+    """Append to a JSONL file, first ending a last line cut short by an interrupted run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cut_short = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        if cut_short:
+            handle.write("\n")
+        yield handle
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1)
+
+
+def _write_line(sink: Any, record: dict[str, str]) -> None:
+    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sink.flush()

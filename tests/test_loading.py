@@ -1,0 +1,331 @@
+"""load_vlm (mllm_nb.loading): planning before loading, precision choice, the one line, errors.
+
+The unit tests build their own tiny random LLaVA (CLIP vision 32 px / 8 px patches, 2-layer Llama,
+word-level tokenizer, every Linear a multiple of 64 wide so bitsandbytes can quantize it) and load
+it from a folder. Tests of the trained demo fixture are skipped while it is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mllm_nb.demo.mode import FIXTURES_DIR
+from mllm_nb.errors import DemoModeError, MllmNbError, ModelLoadError
+from mllm_nb.loading import load_vlm
+from mllm_nb.vlm import VLM, VLMError
+
+WORDS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"] + [f"w{i}" for i in range(57)]
+IMAGE_TOKEN_ID = WORDS.index("<image>")
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}{{- message['role'].upper() + ': ' -}}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image> ' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] + ' ' -}}{%- endif -%}"
+    "{%- endfor -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+IMAGE_SIZE, PATCH_SIZE = 32, 8
+TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
+HAS_REAL_PLANNER = importlib.util.find_spec("mllm_nb.plan") is not None
+TINY_LLAVA = FIXTURES_DIR / "tiny-llava"
+needs_fixture = pytest.mark.skipif(
+    not (TINY_LLAVA / "config.json").is_file(), reason="the trained tiny-llava demo fixture is not built yet"
+)
+
+
+# ------------------------------------------------------------------------------ the tiny model
+
+
+def save_tiny_llava(folder: Path, seed: int = 0, vision_width: int = 64) -> Path:
+    """Save a tiny random LlavaForConditionalGeneration and its LlavaProcessor to ``folder``."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=TINY_CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=vision_width, intermediate_size=2 * vision_width, num_hidden_layers=2, num_attention_heads=2,
+            image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, vocab_size=len(WORDS), bos_token_id=2, eos_token_id=3, pad_token_id=0,
+        ),
+        image_token_index=IMAGE_TOKEN_ID, vision_feature_select_strategy="default", image_seq_length=TOKENS_PER_IMAGE,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava-random"))
+
+
+# ------------------------------------------------------------------------------ the planner
+
+
+@dataclass
+class FakeTarget:
+    name: str = "cpu"
+    gpu_bytes: int | None = None
+
+
+@dataclass
+class FakeReport:
+    """A FitReport-shaped stand-in (the contract of mllm_nb.plan.fit)."""
+
+    fits: bool
+    weights_bytes: int = 14_100_000_000
+    compute_dtype: str = "float32"
+    target: FakeTarget = field(default_factory=FakeTarget)
+    suggestions: list[str] = field(default_factory=lambda: ["Use a smaller model such as llava-interleave-qwen-0.5b."])
+
+    @property
+    def gpu_fits(self) -> bool | None:
+        return None if self.target.gpu_bytes is None else self.fits
+
+    @property
+    def ram_fits(self) -> bool:
+        return self.fits
+
+    def __str__(self) -> str:
+        return f"Fit report: {'fits' if self.fits else 'does not fit'} ({self.weights_bytes / 1e9:.1f} GB of weights)"
+
+
+class FakeWontFitError(MllmNbError):
+    """Stand-in for mllm_nb.plan.WontFitError while the real planner is absent."""
+
+
+@pytest.fixture(autouse=True)
+def planner(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """The real mllm_nb.plan when it exists, else a fake module that says every model fits."""
+    if HAS_REAL_PLANNER:
+        import mllm_nb.plan
+
+        return mllm_nb.plan
+    fake = types.ModuleType("mllm_nb.plan")
+    fake.fit = lambda model, quantization="4bit", target="auto", dtype=None, **kw: FakeReport(
+        fits=True, weights_bytes=700_000 if quantization is None else 200_000
+    )
+    fake.WontFitError = FakeWontFitError
+    monkeypatch.setitem(sys.modules, "mllm_nb.plan", fake)
+    return fake
+
+
+def fake_fit(fits_by_quantization: dict[str | None, bool], calls: list | None = None):
+    """A ``fit`` whose answer depends only on the quantization asked for."""
+
+    def fit(model, quantization="4bit", target="auto", dtype=None, **kwargs):
+        if calls is not None:
+            calls.append((model, quantization, target, dtype))
+        gb = {None: 28_000_000_000, "8bit": 7_500_000_000, "4bit": 4_000_000_000}[quantization]
+        return FakeReport(fits=fits_by_quantization[quantization], weights_bytes=gb)
+
+    return fit
+
+
+class FromPretrainedSpy:
+    """Counts calls to AutoModelForImageTextToText.from_pretrained and records their kwargs."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from transformers import AutoModelForImageTextToText
+
+        self.calls: list[dict] = []
+        original = AutoModelForImageTextToText.from_pretrained
+
+        def spy(*args, **kwargs):
+            self.calls.append(kwargs)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", spy)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def test_loads_a_folder_with_one_line_and_real_hf_objects(tiny_llava_dir, capsys):
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    vlm = load_vlm(tiny_llava_dir)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"Loaded {tiny_llava_dir} (LlavaForConditionalGeneration, ")
+    assert " on cpu in float32: " in lines[0] and "fit" in lines[0]
+    assert isinstance(vlm, VLM)
+    assert isinstance(vlm.model, LlavaForConditionalGeneration)
+    assert isinstance(vlm.processor, LlavaProcessor)
+    assert vlm.quantization is None and vlm.plan is not None
+    assert vlm.name == str(tiny_llava_dir)
+    assert vlm.model.dtype == torch.float32 and not vlm.model.training
+
+
+def test_loading_kwargs_on_cpu(tiny_llava_dir, monkeypatch, capsys):
+    spy = FromPretrainedSpy(monkeypatch)
+    load_vlm(tiny_llava_dir)
+    load_vlm(tiny_llava_dir, quantization="4bit")
+    full, four = spy.calls
+    assert full == {"dtype": torch.float32, "device_map": "cpu", "quantization_config": None}
+    config = four["quantization_config"]
+    assert four["dtype"] == torch.float32 and four["device_map"] == "cpu"
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.float32
+    assert "trust_remote_code" not in four
+
+
+def test_4bit_on_cpu_gives_linear4bit_layers_and_answers(tiny_llava_dir, capsys):
+    import bitsandbytes as bnb
+
+    vlm = load_vlm(tiny_llava_dir, quantization="4bit")
+    line = capsys.readouterr().out.strip()
+    assert "in 4-bit NF4 + float32 compute" in line and "chosen by the caller" in line
+    quantized = [m for m in vlm.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) >= 10  # vision MLPs, projector and Llama layers; lm_head stays full precision
+    assert vlm.quantization == "4bit"
+    assert "179K parameters" in line  # the packed 4-bit weights are counted at their original size
+    answer = vlm.ask(None, "w1 w2 w3", max_new_tokens=4)
+    assert isinstance(answer, str) and answer
+
+
+def test_4bit_on_cpu_works_for_layers_the_packed_kernel_cannot_take(tmp_path, capsys):
+    """bitsandbytes' AVX512-BF16 CPU kernel needs sizes that are multiples of 64; a 96-wide vision tower is not."""
+    vlm = load_vlm(save_tiny_llava(tmp_path / "odd", vision_width=96), quantization="4bit")
+    assert isinstance(vlm.ask(Image.new("RGB", (32, 32), "red"), "w1", max_new_tokens=3), str)
+
+
+def test_auto_falls_back_to_4bit_when_full_precision_does_not_fit(tiny_llava_dir, planner, monkeypatch, capsys):
+    import bitsandbytes as bnb
+
+    calls: list = []
+    monkeypatch.setattr(planner, "fit", fake_fit({None: False, "4bit": True}, calls))
+    vlm = load_vlm(tiny_llava_dir)
+    line = capsys.readouterr().out.strip()
+    assert vlm.quantization == "4bit"
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in vlm.model.modules())
+    assert "float32 weights (28.0 GB) don't fit" in line and "4-bit needs 4.0 GB" in line
+    assert [c[1] for c in calls] == [None, "4bit"]
+    assert all(c[0] == str(tiny_llava_dir) and c[2] == "auto" for c in calls)
+
+
+def test_wont_fit_is_refused_before_any_weight_is_read(tiny_llava_dir, planner, monkeypatch, capsys):
+    spy = FromPretrainedSpy(monkeypatch)
+    monkeypatch.setattr(planner, "fit", fake_fit({None: False, "4bit": False, "8bit": False}))
+    with pytest.raises(planner.WontFitError) as info:
+        load_vlm(tiny_llava_dir)
+    message = str(info.value)
+    assert "4.0 GB" in message and "force=True" in message
+    assert "Use a smaller model such as llava-interleave-qwen-0.5b" in message
+    assert "Fit report" in message  # the report itself follows the sentence
+    assert info.value.report is not None
+    assert spy.calls == []
+    with pytest.raises(planner.WontFitError):
+        load_vlm(tiny_llava_dir, quantization="8bit")
+    assert spy.calls == []
+
+
+def test_force_loads_anyway_with_a_warning(tiny_llava_dir, planner, monkeypatch, capsys):
+    monkeypatch.setattr(planner, "fit", fake_fit({None: False, "4bit": False}))
+    vlm = load_vlm(tiny_llava_dir, quantization=None, force=True)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("WARNING: ") and "force=True" in lines[0]
+    assert lines[1].startswith("Loaded ") and "forced past the planner" in lines[1]
+    assert vlm.quantization is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"quantization": "3bit"}, "quantization='3bit'"),
+        ({"quantization": "4-bit"}, "'auto', '4bit', '8bit' or None"),
+        ({"dtype": "float33"}, "dtype='float33'"),
+        ({"dtype": torch.int8}, "floating torch dtype"),
+        ({"force": "yes"}, "force must be True or False"),
+        ({"device_map": 0}, "device_map=0"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line(tiny_llava_dir, kwargs, fragment):
+    with pytest.raises(VLMError) as info:
+        load_vlm(tiny_llava_dir, **kwargs)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_folder_is_a_one_line_model_load_error(tmp_path):
+    with pytest.raises(ModelLoadError) as info:
+        load_vlm(tmp_path / "no-such-model")
+    message = str(info.value)
+    assert "no-such-model" in message and "\n" not in message and "check the path" in message
+
+
+def test_a_clip_folder_is_not_a_vlm():
+    with pytest.raises(ModelLoadError, match="not an image-text-to-text chat model"):
+        load_vlm(FIXTURES_DIR / "tiny-clip")
+
+
+def test_demo_mode_unknown_id_raises_demo_mode_error():
+    with pytest.raises(DemoModeError, match="no offline fixture"):
+        load_vlm("someone/unknown-vlm", demo=True)
+
+
+def test_demo_mode_does_not_touch_a_local_folder(tiny_llava_dir, capsys):
+    load_vlm(tiny_llava_dir, demo=True)
+    assert "DEMO MODE" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the demo fixture
+
+
+@needs_fixture
+def test_demo_fixture_loads_loudly_and_quietly(capsys):
+    from transformers import LlavaForConditionalGeneration
+
+    vlm = load_vlm("llava-hf/llava-1.5-7b-hf", demo=True)
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("DEMO MODE: 'llava-hf/llava-1.5-7b-hf' -> offline fixture 'tiny-llava'")
+    assert lines[1].startswith("Loaded llava-hf/llava-1.5-7b-hf (LlavaForConditionalGeneration, ")
+    assert "Loading weights" not in captured.err
+    assert isinstance(vlm.model, LlavaForConditionalGeneration)
+
+
+@needs_fixture
+def test_demo_fixture_plans_the_fixture_folder(planner, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setattr(planner, "fit", fake_fit({None: True, "4bit": True}, calls))
+    load_vlm("llava-hf/llava-1.5-7b-hf", demo=True)
+    assert calls and Path(calls[0][0]) == TINY_LLAVA
