@@ -1,0 +1,155 @@
+"""Peak memory of ``load_vlm(..., quantization="4bit")`` on the CPU, relative to the largest shard.
+
+A randomly initialised llava-style checkpoint (CLIP-L/14-like vision tower, a 6-layer Llama with
+2048 hidden units and an 8k vocabulary, about 1.5 GB in float32) is saved in a temporary folder in
+300 MB shards. A fresh Python process then loads it with ``load_vlm(folder, quantization="4bit")``
+(bitsandbytes NF4 on the CPU) and reports its peak RSS (``ru_maxrss``); a second fresh process
+only imports what loading imports (torch, transformers, bitsandbytes, mllm_nb.loading and the
+LLaVA modelling code) and reports its peak the same way. The figure is
+
+    (peak RSS of the loading process - peak RSS of the import-only process) / size of the largest shard
+
+Bar: <= 1.2. Run: ``.venv/bin/python benchmarks/load_memory.py [--dtype float32|float16]``.
+The last line is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MB = 10**6
+SHARD = "300MB"
+
+_IMPORTS = """
+import importlib.util, json, resource, sys, types
+import torch, transformers, bitsandbytes
+import mllm_nb, mllm_nb.loading, mllm_nb.vlm
+from transformers.models.llava import modeling_llava, processing_llava
+"""
+
+_STUB_PLANNER = """
+if importlib.util.find_spec("mllm_nb.plan") is None:  # the planner is not in this checkout yet: say it fits
+    from dataclasses import dataclass, field
+    @dataclass
+    class _Target:
+        name: str = "cpu"
+        gpu_bytes: int | None = None
+    @dataclass
+    class _Report:
+        fits: bool = True
+        weights_bytes: int = 0
+        compute_dtype: str = "float32"
+        target: _Target = field(default_factory=_Target)
+        suggestions: list = field(default_factory=list)
+    plan = types.ModuleType("mllm_nb.plan")
+    plan.fit = lambda *a, **k: _Report()
+    plan.WontFitError = type("WontFitError", (mllm_nb.errors.MllmNbError,), {})
+    sys.modules["mllm_nb.plan"] = plan
+    print("note: mllm_nb.plan is absent; a stub planner said the model fits", file=sys.stderr)
+"""
+
+_REPORT = "print(json.dumps({'peak_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+
+
+def build_checkpoint(folder: Path, dtype: str) -> None:
+    """Save the random llava-style model in ``dtype`` shards of at most 300 MB (in a child process)."""
+    code = f"""
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=16,
+                          image_size=224, patch_size=14)
+text = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=6, num_attention_heads=16,
+                   num_key_value_heads=16, vocab_size=8192)
+config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=8000)
+torch.manual_seed(0)
+model = LlavaForConditionalGeneration(config).to(torch.{dtype})
+model.save_pretrained({str(folder)!r}, max_shard_size={SHARD!r})
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+vocab = {{("<image>" if i == 8000 else "<pad>" if i == 0 else f"t{{i}}"): i for i in range(8192)}}
+tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<pad>")), pad_token="<pad>",
+                                    extra_special_tokens={{"image_token": "<image>"}})
+LlavaProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer, patch_size=14,
+               vision_feature_select_strategy="default", num_additional_image_tokens=1).save_pretrained({str(folder)!r})
+print(sum(p.numel() for p in model.parameters()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    print(f"checkpoint: {int(out.stdout.split()[-1]) / 1e6:.0f}M parameters in {dtype}")
+
+
+def child_peaks(body: str) -> tuple[int, int]:
+    """Run ``body`` after the common imports in a fresh interpreter.
+
+    Returns its peak RSS (``ru_maxrss``, reported by the child itself) and the peak of its private,
+    anonymous memory (``RssAnon`` in ``/proc/PID/status``, polled every 2 ms), both in bytes.
+    """
+    code = _IMPORTS + body + "\n" + _REPORT
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_anon = 0
+    while child.poll() is None:
+        peak_anon = max(peak_anon, _rss_anon(child.pid))
+        time.sleep(0.002)
+    stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"child failed:\n{stderr[-3000:]}")
+    for line in stderr.splitlines():
+        if line.startswith("note:"):
+            print(line)
+    return json.loads(stdout.strip().splitlines()[-1])["peak_kib"] * 1024, peak_anon
+
+
+def _rss_anon(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"RssAnon:\s+(\d+) kB", status)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype stored in the shards")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="mllm_nb_load_memory_"))
+    try:
+        build_checkpoint(folder, args.dtype)
+        shards = sorted(folder.glob("*.safetensors"))
+        largest = max(p.stat().st_size for p in shards)
+        total = sum(p.stat().st_size for p in shards)
+        print(f"{len(shards)} shards, {total / MB:.0f} MB in all, largest {largest / MB:.0f} MB")
+
+        baseline, baseline_anon = child_peaks("")
+        load = (
+            _STUB_PLANNER
+            + f"vlm = mllm_nb.loading.load_vlm({str(folder)!r}, quantization='4bit')\n"
+            + "import bitsandbytes as bnb\n"
+            + "n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in vlm.model.modules())\n"
+            + "print(f'note: {n4} Linear4bit layers, model footprint '"
+            + " f'{vlm.model.get_memory_footprint() / 1e6:.0f} MB', file=sys.stderr)\n"
+        )
+        peak, peak_anon = child_peaks(load)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    extra, extra_anon = peak - baseline, peak_anon - baseline_anon
+    print(f"private (anonymous) memory: import-only {baseline_anon / MB:.0f} MB, loading {peak_anon / MB:.0f} MB; "
+          f"difference {extra_anon / MB:.0f} MB = {extra_anon / largest:.2f} x the largest shard")
+    print(f"peak RSS: import-only {baseline / MB:.0f} MB, loading {peak / MB:.0f} MB; difference {extra / MB:.0f} MB "
+          "(includes the checkpoint pages transformers memory-maps)")
+    print(f"(peak RSS - baseline) / largest shard = {extra / largest:.2f}  (bar <= 1.2)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
