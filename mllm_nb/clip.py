@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,14 +72,14 @@ def load_clip(
     """
     from transformers import AutoModel, AutoProcessor
 
-    from mllm_nb.demo.mode import demo_banner, resolve_model
+    from mllm_nb.demo.mode import demo_banner, quiet_fixture_loading, resolve_model
 
     requested = os.fspath(name_or_path)
     path, is_fixture = resolve_model(requested, "clip", demo)
     device = _pick_device(device)
     dtype, why = _pick_dtype(dtype, device)
     try:
-        with _quiet_loading(is_fixture):
+        with quiet_fixture_loading(is_fixture):
             model = AutoModel.from_pretrained(path, dtype=dtype)
             processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -95,21 +94,6 @@ def load_clip(
         f"{clip.scoring}) on {device} in {str(dtype).removeprefix('torch.')}: {why}."
     )
     return clip
-
-
-@contextmanager
-def _quiet_loading(quiet: bool) -> Iterator[None]:
-    """Hide transformers' weight-loading bar for the demo fixtures (they load in milliseconds)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if quiet:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if quiet and was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:

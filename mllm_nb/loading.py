@@ -256,11 +256,11 @@ def _from_pretrained(
     """Processor, then weights shard by shard (quantized on the fly); failures become one line."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mllm_nb.clip import _quiet_loading
+    from mllm_nb.demo.mode import quiet_fixture_loading
 
     quantization_config = _quantization_config(quantization, dtype)
     try:
-        with _quiet_loading(quiet), _quiet_bitsandbytes():
+        with quiet_fixture_loading(quiet), _quiet_bitsandbytes():
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=dtype, device_map=device_map, quantization_config=quantization_config

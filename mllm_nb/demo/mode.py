@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mllm_nb.errors import DemoModeError, ModelLoadError
@@ -103,3 +105,21 @@ def demo_banner(requested: str, fixture: str, what: str) -> str:
         f"DEMO MODE: {requested!r} -> offline fixture {Path(fixture).name!r} ({what}); "
         "answers come from a tiny model trained on synthetic data, not from the real checkpoint."
     )
+
+
+@contextmanager
+def quiet_fixture_loading(quiet: bool) -> Iterator[None]:
+    """Hide transformers' weight-loading bar while a demo fixture loads (it takes milliseconds).
+
+    Real checkpoints keep the bar: ``quiet=False`` changes nothing.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_enabled:
+            hf_logging.enable_progress_bar()
