@@ -146,7 +146,7 @@ def main() -> None:
     print(f"private (anonymous) memory: import-only {baseline_anon / MB:.0f} MB, loading {peak_anon / MB:.0f} MB; "
           f"difference {extra_anon / MB:.0f} MB = {extra_anon / largest:.2f} x the largest shard")
     print(f"peak RSS: import-only {baseline / MB:.0f} MB, loading {peak / MB:.0f} MB; difference {extra / MB:.0f} MB "
-          "(includes the checkpoint pages transformers memory-maps)")
+          "(the loaded 4-bit model itself, the footprint in the note above, is part of it)")
     print(f"(peak RSS - baseline) / largest shard = {extra / largest:.2f}  (bar <= 1.2)")
 
 

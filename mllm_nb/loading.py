@@ -12,6 +12,7 @@ Loaded llava-hf/llava-1.5-7b-hf (LlavaForConditionalGeneration, 7.1B parameters)
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import math
 import os
@@ -260,7 +261,7 @@ def _from_pretrained(
 
     quantization_config = _quantization_config(quantization, dtype)
     try:
-        with quiet_fixture_loading(quiet), _quiet_bitsandbytes():
+        with quiet_fixture_loading(quiet), _quiet_bitsandbytes(), _read_shards_without_mmap():
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=dtype, device_map=device_map, quantization_config=quantization_config
@@ -273,6 +274,40 @@ def _from_pretrained(
     except (OSError, ValueError, ImportError) as err:
         raise ModelLoadError(_failure_message(requested, err)) from err
     return model, processor
+
+
+@contextmanager
+def _read_shards_without_mmap() -> Iterator[None]:
+    """Make transformers read safetensors shards with ``pread`` instead of memory-mapping them.
+
+    transformers 5 maps every shard at once and reads tensors through the maps; the pages it
+    touches count as resident until the maps close at the very end, so peak RAM grows to the whole
+    checkpoint even when every weight is quantized to 4 bits on the way (on Colab's 12.7 GB that is
+    the crash). With safetensors' ``pread`` backend each tensor is read into its own buffer, which
+    is freed as soon as the weight is converted. Only CPU reads are redirected; anything else, or
+    a safetensors without that backend, keeps transformers' default.
+    """
+    import transformers.modeling_utils as modeling_utils
+
+    original = modeling_utils.safe_open
+    try:
+        has_backend = "backend" in inspect.signature(original).parameters
+    except (TypeError, ValueError):
+        has_backend = False
+    if not has_backend:
+        yield
+        return
+
+    def pread_open(filename: Any, framework: str, device: Any = "cpu", **kwargs: Any) -> Any:
+        if str(device) == "cpu" and kwargs.get("backend", "mmap") == "mmap":
+            kwargs["backend"] = "pread"
+        return original(filename, framework=framework, device=device, **kwargs)
+
+    modeling_utils.safe_open = pread_open
+    try:
+        yield
+    finally:
+        modeling_utils.safe_open = original
 
 
 def _avoid_packed_cpu_kernel(model: torch.nn.Module) -> None:
