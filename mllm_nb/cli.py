@@ -1,4 +1,4 @@
-"""The ``mllm-nb`` command line: ``mllm-nb doctor``, ``mllm-nb demo`` and ``mllm-nb fit``."""
+"""The ``mllm-nb`` command line: ``doctor``, ``demo``, ``fit``, ``convert-honeybee`` and ``download-honeybee``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,23 @@ def _fit(args: argparse.Namespace) -> int:
     return 0 if report.fits else 1
 
 
+def _convert_honeybee(args: argparse.Namespace) -> int:
+    from mllm_nb.honeybee import convert
+
+    tokenizer = None if args.tokenizer.lower() == "none" else args.tokenizer
+    out = convert(args.src, args.dst, tokenizer=tokenizer, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"converted to {out}; load it with mllm_nb.load_vlm({str(out)!r})")
+    return 0
+
+
+def _download_honeybee(args: argparse.Namespace) -> int:
+    from mllm_nb.honeybee import download
+
+    folder = download(args.name, args.dst)
+    print(f"extracted to {folder}; next: mllm-nb convert-honeybee {folder} {args.name.lower()}-hf")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per task."""
     parser = argparse.ArgumentParser(prog="mllm-nb", description="Multimodal LLMs in notebooks, made easy.")
@@ -60,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-new-tokens", type=int, default=512, help="tokens to generate")
     fit.add_argument("--images", type=int, default=1, help="images per prompt")
     fit.set_defaults(func=_fit)
+
+    convert = commands.add_parser("convert-honeybee", help="Honeybee release folder (<NAME>/last) -> transformers folder")
+    convert.add_argument("src", help="extracted release folder with config.json and pytorch_model*.bin")
+    convert.add_argument("dst", help="output folder (safetensors shards, config, processor, tokenizer)")
+    convert.add_argument("--tokenizer", default="lmsys/vicuna-7b-v1.5",
+                         help="Hub id or folder of the Vicuna tokenizer when the release has none; 'none' skips it")
+    convert.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None, help="cast the weights")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    convert.set_defaults(func=_convert_honeybee)
+
+    download = commands.add_parser("download-honeybee", help="download and safely extract an official Honeybee release")
+    download.add_argument("name", help="Model Zoo name, e.g. 7B-C-Abs-M144")
+    download.add_argument("dst", nargs="?", default=".", help="folder to download and extract into")
+    download.set_defaults(func=_download_honeybee)
     return parser
 
 

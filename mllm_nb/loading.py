@@ -118,13 +118,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _read_config(path: str, requested: str) -> Any:
     """The checkpoint's config (a few KB): proves the id or folder is usable before planning."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+    import mllm_nb.honeybee  # noqa: F401  registers Honeybee with the Auto classes
 
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelLoadError(_failure_message(requested, err)) from err
-    if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+    if type(config) not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:  # built-in and registered (Honeybee) models
         raise ModelLoadError(
             f"{requested!r} is a {config.model_type!r} model, not an image-text-to-text chat model; "
             "use a LLaVA checkpoint such as 'llava-hf/llava-1.5-7b-hf' (CLIP models load with load_clip)."

@@ -310,8 +310,10 @@ def _skip_modules(model: nn.Module) -> list[str]:
         try:
             from transformers.integrations.bitsandbytes import get_keys_to_not_convert
         except ImportError:
-            return ["lm_head", *sorted(getattr(model, "_keep_in_fp32_modules", None) or [])]
-    return [*get_keys_to_not_convert(model), *sorted(getattr(model, "_keep_in_fp32_modules", None) or [])]
+            return ["lm_head", *sorted(getattr(model, "_keep_in_fp32_modules", None) or []),
+                    *getattr(model, "quantization_skip_modules", ())]
+    declared = [*sorted(getattr(model, "_keep_in_fp32_modules", None) or []), *getattr(model, "quantization_skip_modules", ())]
+    return [*get_keys_to_not_convert(model), *declared]
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
@@ -377,9 +379,16 @@ def _census(key: _ConfigKey) -> _Census:
     )
 
 
+def _register_project_models() -> None:
+    """Make ``AutoConfig`` know the model types this package adds (Honeybee)."""
+    import mllm_nb.honeybee  # noqa: F401  registration happens at import
+
+
 def _as_config(config: PretrainedConfig | Mapping[str, Any]) -> PretrainedConfig:
     """Accept a transformers config or a plain config dict (with ``model_type``)."""
     from transformers import AutoConfig, PretrainedConfig
+
+    _register_project_models()
 
     if isinstance(config, PretrainedConfig):
         return config
@@ -497,6 +506,8 @@ def _from_folder(folder: Path) -> _Model:
     """A local checkpoint folder: its config.json and the sizes of its weight files on disk."""
     from transformers import AutoConfig
 
+    _register_project_models()
+
     if not (folder / "config.json").is_file():
         raise PlanError(f"Folder '{folder}' has no config.json: pass a checkpoint folder saved with save_pretrained.")
     try:
@@ -545,6 +556,8 @@ def _download(model_id: str, filename: str) -> str:
 def _from_hub(model_id: str) -> _Model:
     """Any other Hub id: download only config.json (and the shard index for shard sizes)."""
     from transformers import AutoConfig
+
+    _register_project_models()
 
     config_path = _download(model_id, "config.json")
     try:
