@@ -42,11 +42,22 @@ _EXPORTS: dict[str, str] = {
     "load_vlm": "mllm_nb.loading",
     "VLM": "mllm_nb.vlm",
     "sample_images": "mllm_nb.samples",
+    "Conversation": "mllm_nb.chat",
+    "Turn": "mllm_nb.chat",
+    "ConversationError": "mllm_nb.chat",
+    "Backend": "mllm_nb.backends",
+    "LocalBackend": "mllm_nb.backends",
+    "OpenAIBackend": "mllm_nb.backends",
+    "BackendError": "mllm_nb.backends",
+    "as_backend": "mllm_nb.backends",
+    "ChatPanel": "mllm_nb.widgets",
+    "ChatPanelError": "mllm_nb.widgets",
 }
 
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
 _SUBMODULES = {
-    "catalog", "clip", "cli", "demo", "display", "errors", "hardware", "images", "loading", "plan", "samples", "vlm",
+    "backends", "catalog", "chat", "clip", "cli", "demo", "display", "errors", "hardware", "honeybee", "images",
+    "loading", "plan", "samples", "vlm", "widgets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,491 @@
+"""Where the answers come from: a model in this kernel, or any OpenAI-compatible server.
+
+A backend has one job: ``stream(chat, images=None, *, max_new_tokens, temperature, top_p,
+do_sample, stop_event)`` yields the reply to a conversation piece by piece, and stops within one
+token once ``stop_event`` is set. ``chat`` is a :class:`~mllm_nb.chat.Conversation`, a question
+string (with ``images``), or chat-template messages whose ``{"type": "image"}`` items take
+``images`` in order. ``ask`` joins the pieces; ``name`` and ``describe()`` say what it is.
+
+- :class:`LocalBackend` wraps a :class:`~mllm_nb.vlm.VLM` (or a model and its processor); the whole
+  conversation goes through ``processor.apply_chat_template``; generation runs in a worker thread.
+- :class:`OpenAIBackend` talks to ``transformers serve``, vLLM, SGLang, Ollama or LM Studio with the
+  official ``openai`` client (``pip install openai``); images travel as base64 PNG data URLs.
+
+Example, one shared server for a classroom::
+
+    >>> server = OpenAIBackend("http://127.0.0.1:8000/v1", model="llava-hf/llava-1.5-7b-hf")
+    >>> server
+    OpenAIBackend('http://127.0.0.1:8000/v1', model='llava-hf/llava-1.5-7b-hf', api_key=None)
+    >>> server.ask("What is in the picture?", images="cat.jpg")  # doctest: +SKIP
+    'A cat sleeping on a sofa.'
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from mllm_nb.chat import Conversation, as_conversation, image_to_data_url
+from mllm_nb.errors import MllmNbError
+
+#: Environment variable (and Colab secret) an ``OpenAIBackend`` reads its API key from.
+API_KEY_ENV = "OPENAI_API_KEY"
+#: What servers that need no key (transformers serve, vLLM, Ollama, LM Studio) are sent instead.
+_NO_KEY = "EMPTY"
+
+
+class BackendError(MllmNbError):
+    """A backend could not produce a reply (server unreachable, timeout, refused request, bad settings)."""
+
+
+class Backend(abc.ABC):
+    """The protocol: ``stream`` (abstract), ``ask``, ``name``, ``describe()`` and a live ``tokens_generated``.
+
+    Any object with a compatible ``stream`` method works where a backend is expected (see
+    :func:`as_backend`); subclassing adds ``ask``.
+
+    >>> class Echo(Backend):
+    ...     name = "echo"
+    ...     def stream(self, chat, images=None, *, stop_event=None, **settings):
+    ...         yield as_conversation(chat, images)[-1].text
+    >>> Echo().ask("hello")
+    'hello'
+    """
+
+    name: str = "backend"
+    #: Tokens generated so far by the current (or last) ``stream``; updated while it runs.
+    tokens_generated: int = 0
+
+    @abc.abstractmethod
+    def stream(
+        self,
+        chat: Conversation | str | list[dict[str, Any]],
+        images: Any = None,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        do_sample: bool = False,
+        stop_event: threading.Event | None = None,
+        **extra: Any,
+    ) -> Iterator[str]:
+        """Yield the reply piece by piece; stop within one token once ``stop_event`` is set."""
+
+    def ask(self, chat: Conversation | str | list[dict[str, Any]], images: Any = None, **settings: Any) -> str:
+        """The whole reply as one string (the joined ``stream``), without surrounding whitespace.
+
+        >>> backend.ask("What colour is the circle?", images="scene.png")  # doctest: +SKIP
+        'red'
+        """
+        return "".join(self.stream(chat, images, **settings)).strip()
+
+    def describe(self) -> str:
+        """One line for a status bar: what answers and where.
+
+        >>> backend.describe()  # doctest: +SKIP
+        'local model llava-hf/llava-1.5-7b-hf (LlavaForConditionalGeneration, float16, cuda:0)'
+        """
+        return self.name
+
+
+def as_backend(model: Any) -> Any:
+    """A backend for ``model``: a backend as it is, a ``VLM`` or ``(model, processor)`` as a ``LocalBackend``.
+
+    >>> as_backend(OpenAIBackend("http://127.0.0.1:8000/v1", model="m")).name
+    'm @ http://127.0.0.1:8000/v1'
+    """
+    if isinstance(model, Backend):
+        return model
+    if isinstance(model, tuple) and len(model) == 2:
+        return LocalBackend(*model)
+    if hasattr(model, "model") and hasattr(model, "processor"):
+        return LocalBackend(model)
+    if callable(getattr(model, "stream", None)):
+        return model
+    raise BackendError(
+        f"A {type(model).__name__} cannot answer questions; pass a VLM (mllm_nb.load_vlm), "
+        "a (model, processor) pair, or an OpenAIBackend."
+    )
+
+
+def _check_sampling(do_sample: Any, temperature: Any, top_p: Any) -> None:
+    if not isinstance(do_sample, bool):
+        raise BackendError(f"do_sample must be True or False; got {do_sample!r}.")
+    if not do_sample and (temperature is not None or top_p is not None):
+        raise BackendError(
+            "temperature and top_p only matter when sampling; add do_sample=True (greedy is the default)."
+        )
+
+
+# ------------------------------------------------------------------------------------ local
+
+
+class LocalBackend(Backend):
+    """A model in this kernel: a :class:`~mllm_nb.vlm.VLM`, or a model and its processor.
+
+    Streaming uses ``TextIteratorStreamer`` with ``generate`` in a worker thread; setting
+    ``stop_event`` ends generation after at most one more token (a ``StoppingCriteria`` checks it
+    after every token).
+
+    >>> backend = LocalBackend(load_vlm("llava-hf/llava-1.5-7b-hf", demo=True))  # doctest: +SKIP
+    >>> "".join(backend.stream("What colour is the circle?", images="scene.png"))  # doctest: +SKIP
+    'red'
+    """
+
+    def __init__(self, vlm: Any, processor: Any = None, name: str | None = None) -> None:
+        from mllm_nb.vlm import VLM
+
+        if processor is not None:
+            vlm = VLM(model=vlm, processor=processor, name=name or _model_name(vlm))
+        if not isinstance(vlm, VLM):
+            raise BackendError(
+                f"LocalBackend needs a VLM (mllm_nb.load_vlm) or a model and its processor; got a {type(vlm).__name__}."
+            )
+        self.vlm = vlm
+        self.name = name or vlm.name or _model_name(vlm.model)
+        self.tokens_generated = 0
+
+    @property
+    def demo(self) -> bool:
+        """Whether the model is one of mllm_nb's tiny offline demo fixtures (answers are not real)."""
+        from mllm_nb.demo.mode import FIXTURES_DIR
+
+        path = str(getattr(self.vlm.model, "name_or_path", "") or "")
+        return bool(path) and os.path.abspath(path).startswith(str(FIXTURES_DIR))
+
+    def describe(self) -> str:
+        """``local model NAME (class, dtype or quantization, device)``, with a DEMO MODE prefix for fixtures."""
+        vlm = self.vlm
+        how = vlm.quantization or str(vlm.dtype).removeprefix("torch.")
+        text = f"local model {self.name} ({type(vlm.model).__name__}, {how}, {vlm.device})"
+        return ("DEMO MODE (tiny model trained on synthetic data): " + text) if self.demo else text
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.vlm!r})"
+
+    def prepare(self, chat: Conversation | str | list[dict[str, Any]], images: Any = None) -> Any:
+        """The model inputs for the whole conversation: its chat template, then the processor.
+
+        >>> inputs = backend.prepare(conversation)  # doctest: +SKIP
+        """
+        conversation = as_conversation(chat, images)
+        if not conversation.turns or conversation.turns[-1].role != "user":
+            raise BackendError("The conversation must end with a user turn to be answered; add_user(...) first.")
+        processor = self.vlm.processor
+        if not getattr(processor, "chat_template", None):
+            raise BackendError(
+                f"The processor of {self.name!r} has no chat template; use a chat checkpoint "
+                "(e.g. 'llava-hf/llava-1.5-7b-hf') or set processor.chat_template."
+            )
+        prompt = processor.apply_chat_template(conversation.to_messages(), add_generation_prompt=True, tokenize=False)
+        return self.vlm._encode([conversation.images], [prompt])
+
+    def stream(
+        self,
+        chat: Conversation | str | list[dict[str, Any]],
+        images: Any = None,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        do_sample: bool = False,
+        stop_event: threading.Event | None = None,
+        **extra: Any,
+    ) -> Iterator[str]:
+        """Yield the reply piece by piece (extra keywords go to ``generate``, e.g. ``min_new_tokens``).
+
+        >>> for piece in backend.stream(conversation, stop_event=stop):  # doctest: +SKIP
+        ...     print(piece, end="")
+        """
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        from mllm_nb.vlm import _Cancelled, _trimmed
+
+        _check_sampling(do_sample, temperature, top_p)
+        inputs = self.prepare(chat, images)
+        generation: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, **extra}
+        generation.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
+        stops = StoppingCriteriaList(generation.pop("stopping_criteria", None) or [])
+        stops += [_TokenCounter(self), _Cancelled(stop_event or threading.Event())]
+        tokenizer = getattr(self.vlm.processor, "tokenizer", self.vlm.processor)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.tokens_generated = 0
+        yield from _trimmed(self.vlm._run_streaming(inputs, streamer, {**generation, "stopping_criteria": stops}))
+
+
+class _TokenCounter:
+    """A stopping criterion that never stops: it counts the tokens generated so far (one call per token)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.backend.tokens_generated += 1
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+
+
+def _model_name(model: Any) -> str:
+    return str(getattr(model, "name_or_path", "") or type(model).__name__)
+
+
+# ----------------------------------------------------------------------------------- server
+
+
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible chat server: ``transformers serve``, vLLM, SGLang, Ollama, LM Studio.
+
+    ``base_url`` is the server's API root (``/v1`` is added when the URL has no path). The API key
+    is ``api_key``, else ``$OPENAI_API_KEY``, else the Colab secret ``OPENAI_API_KEY``, else none
+    (local servers need none). It is never shown: ``repr`` masks it and error messages scrub it.
+    Greedy decoding is sent as ``temperature=0``. ``timeout`` (seconds) bounds the wait for each
+    piece of the answer; ``max_retries`` are the client's automatic retries.
+
+    >>> OpenAIBackend("http://localhost:11434", model="llava", api_key="sk-secret")
+    OpenAIBackend('http://localhost:11434/v1', model='llava', api_key='***')
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 120.0,
+        max_retries: int = 1,
+    ) -> None:
+        self.base_url = _check_url(base_url)
+        if not isinstance(model, str) or not model.strip():
+            raise BackendError(f"model must be the model name the server knows (a non-empty string); got {model!r}.")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise BackendError(f"timeout must be a positive number of seconds; got {timeout!r}.")
+        self.model = model
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.name = f"{model} @ {self.base_url}"
+        self.tokens_generated = 0
+        self.__key, self._key_source = _find_api_key(api_key)
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        key = "'***'" if self.__key else "None"
+        return f"OpenAIBackend({self.base_url!r}, model={self.model!r}, api_key={key})"
+
+    __str__ = __repr__
+
+    def describe(self) -> str:
+        """``model M on server URL (API key from ...)``; never the key itself."""
+        return f"model {self.model} on server {self.base_url} (API key: {self._key_source})"
+
+    def client(self) -> Any:
+        """The ``openai.OpenAI`` client (created once); for anything this class does not wrap.
+
+        >>> server.client().models.list()  # doctest: +SKIP
+        """
+        if self._client is None:
+            openai = _import_openai()
+            timeout = openai.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+            self._client = openai.OpenAI(
+                base_url=self.base_url, api_key=self.__key or _NO_KEY, timeout=timeout, max_retries=self.max_retries
+            )
+        return self._client
+
+    def messages(self, chat: Conversation | str | list[dict[str, Any]], images: Any = None) -> list[dict[str, Any]]:
+        """The request's ``messages``: user images first as ``image_url`` data URLs, then the text.
+
+        >>> OpenAIBackend("http://127.0.0.1:8000/v1", model="m").messages("Hi")
+        [{'role': 'user', 'content': 'Hi'}]
+        """
+        conversation = as_conversation(chat, images)
+        messages: list[dict[str, Any]] = []
+        if conversation.system:
+            messages.append({"role": "system", "content": conversation.system})
+        for turn in conversation.turns:
+            if not turn.images:
+                messages.append({"role": turn.role, "content": turn.text})
+                continue
+            content: list[dict[str, Any]] = [
+                {"type": "image_url", "image_url": {"url": image_to_data_url(image)}} for image in turn.images
+            ]
+            if turn.text:
+                content.append({"type": "text", "text": turn.text})
+            messages.append({"role": turn.role, "content": content})
+        return messages
+
+    def models(self) -> list[str]:
+        """The model names the server offers (a quick way to check ``base_url`` and ``model``).
+
+        >>> server.models()  # doctest: +SKIP
+        ['llava-hf/llava-1.5-7b-hf']
+        """
+        try:
+            return [m.id for m in self.client().models.list()]
+        except Exception as err:  # noqa: BLE001 - turned into one sentence
+            raise self._error(err) from None
+
+    def stream(
+        self,
+        chat: Conversation | str | list[dict[str, Any]],
+        images: Any = None,
+        *,
+        max_new_tokens: int = 256,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        do_sample: bool = False,
+        stop_event: threading.Event | None = None,
+        **extra: Any,
+    ) -> Iterator[str]:
+        """Yield the reply as the server streams it (extra keywords go in the request body, e.g. ``top_k``).
+
+        >>> for piece in server.stream("Describe the image.", images="cat.jpg"):  # doctest: +SKIP
+        ...     print(piece, end="")
+        """
+        _check_sampling(do_sample, temperature, top_p)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise BackendError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages(chat, images),
+            "stream": True,
+            "max_tokens": max_new_tokens,
+        }
+        if do_sample:
+            request.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
+        else:
+            request["temperature"] = 0.0
+        if extra:
+            request["extra_body"] = extra
+        stop_event = stop_event or threading.Event()
+        self.tokens_generated = 0
+        response = self._call(lambda: self.client().chat.completions.create(**request))
+        try:
+            chunks = iter(response)
+            while not stop_event.is_set():
+                chunk = self._call(lambda: next(chunks, None))
+                if chunk is None:
+                    break
+                piece = chunk.choices[0].delta.content if chunk.choices else None
+                if piece:
+                    self.tokens_generated += 1
+                    yield piece
+        finally:
+            _close_quietly(response)
+
+    def _call(self, function: Any) -> Any:
+        try:
+            return function()
+        except MllmNbError:
+            raise
+        except Exception as err:  # noqa: BLE001 - openai / transport errors become one sentence
+            raise self._error(err) from None
+
+    def _error(self, err: BaseException) -> BackendError:
+        """One sentence for what went wrong talking to the server; the API key is scrubbed from it."""
+        openai = _import_openai()
+        where = f"the server at {self.base_url}"
+        if isinstance(err, openai.APITimeoutError) or "timeout" in type(err).__name__.lower():
+            text = (
+                f"{where} did not answer within {self.timeout:g} s; it may still be loading the model or be "
+                "overloaded: wait and retry, or raise OpenAIBackend(timeout=...)."
+            )
+        elif isinstance(err, (openai.APIConnectionError, OSError)):
+            reason = _root_reason(err)
+            text = (
+                f"Could not connect to {where} ({reason}); start the server (e.g. `transformers serve`) "
+                "or check base_url."
+            )
+        elif isinstance(err, openai.APIStatusError):
+            text = _status_message(err, where, self.model)
+        else:
+            text = f"{where} failed: {type(err).__name__}: {_first_line(str(err))}"
+        return BackendError(self._scrub(text[:1].upper() + text[1:]))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.__key, "***") if self.__key else text
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError:
+        raise BackendError(
+            "OpenAIBackend needs the openai package; run `pip install openai` (or `pip install mllm-nb[chat]`)."
+        ) from None
+    return openai
+
+
+def _check_url(base_url: Any) -> str:
+    if not isinstance(base_url, str):
+        raise BackendError(f"base_url must be a URL string such as 'http://127.0.0.1:8000/v1'; got {base_url!r}.")
+    parts = urllib.parse.urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BackendError(f"base_url {base_url!r} is not an http(s) URL; use e.g. 'http://127.0.0.1:8000/v1'.")
+    path = parts.path.rstrip("/") or "/v1"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _find_api_key(api_key: str | None) -> tuple[str | None, str]:
+    """(key, where it came from): the argument, the environment, a Colab secret, or none."""
+    if api_key:
+        return str(api_key), "given"
+    if os.environ.get(API_KEY_ENV):
+        return os.environ[API_KEY_ENV], f"${API_KEY_ENV}"
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+
+        secret = userdata.get(API_KEY_ENV)
+    except Exception:  # noqa: BLE001 - not on Colab, no such secret, or access not granted
+        secret = None
+    if secret:
+        return str(secret), f"Colab secret {API_KEY_ENV}"
+    return None, "none"
+
+
+def _status_message(err: Any, where: str, model: str) -> str:
+    status = getattr(err, "status_code", None)
+    detail = _status_detail(err)
+    if status in (401, 403):
+        return f"{where} refused the API key (HTTP {status}); set {API_KEY_ENV} or pass api_key=..."
+    if status == 404:
+        return (
+            f"{where} does not know model {model!r} or the chat endpoint (HTTP 404: {detail}); "
+            "check model= (OpenAIBackend.models() lists them) and base_url."
+        )
+    return f"{where} answered HTTP {status}: {detail}"
+
+
+def _status_detail(err: Any) -> str:
+    """The server's own words: ``{"error": {"message": ...}}`` (OpenAI style), ``{"detail": ...}`` or the text."""
+    body = getattr(err, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        for key in ("message", "detail", "error"):
+            if isinstance(inner.get(key), str) and inner[key].strip():
+                return _first_line(inner[key])
+    if isinstance(body, str) and body.strip():
+        return _first_line(body)
+    return _first_line(getattr(err, "message", "") or str(err))
+
+
+def _root_reason(err: BaseException) -> str:
+    """The innermost cause, e.g. 'connection refused' rather than 'Connection error.'."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    text = _first_line(str(err)) or type(err).__name__
+    return "connection refused" if "refused" in text.lower() else text
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
+
+
+def _close_quietly(response: Any) -> None:
+    with contextlib.suppress(Exception):  # closing a broken stream must not hide the real error
+        response.close()

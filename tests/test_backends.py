@@ -1,0 +1,452 @@
+"""Backends (mllm_nb.backends): LocalBackend on the tiny random LLaVA, OpenAIBackend on a fake server.
+
+The fake server is a stdlib ``http.server`` on 127.0.0.1 that speaks the OpenAI chat-completions
+streaming protocol (server-sent events) and records every request it gets.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import sys
+import threading
+import time
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mllm_nb.backends import (
+    Backend,
+    BackendError,
+    LocalBackend,
+    OpenAIBackend,
+    as_backend,
+)
+from mllm_nb.chat import Conversation
+from mllm_nb.errors import MllmNbError
+
+RED = Image.new("RGB", (40, 40), (220, 30, 30))
+BLUE = Image.new("RGB", (50, 30), (20, 40, 230))
+KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_no_key(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+# =============================================================================== LocalBackend
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from test_loading import save_tiny_llava
+
+    from mllm_nb.loading import load_vlm
+
+    return load_vlm(save_tiny_llava(tmp_path_factory.mktemp("tiny-llava-backend"), seed=3))
+
+
+@pytest.fixture
+def local(vlm) -> LocalBackend:
+    return LocalBackend(vlm)
+
+
+def hand_written(vlm, images, prompt: str, max_new_tokens: int) -> str:
+    import torch
+
+    inputs = vlm.processor(images=images, text=prompt, return_tensors="pt").to(vlm.model.device, torch.float32)
+    with torch.inference_mode():
+        output = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    return vlm.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_streamed_pieces_join_to_the_greedy_ask_answer(vlm, local):
+    pieces = list(local.stream("w1 w2", images=RED, max_new_tokens=12))
+    assert len(pieces) > 1
+    assert "".join(pieces) == vlm.ask(RED, "w1 w2", max_new_tokens=12) == local.ask("w1 w2", RED, max_new_tokens=12)
+    assert local.tokens_generated == 12  # min_new_tokens not set; the random model never says </s> here
+    assert not any(t.name == "mllm_nb-stream" for t in threading.enumerate())
+
+
+def test_multi_turn_goes_through_the_chat_template_with_images_in_order(vlm, local):
+    chat = Conversation()
+    chat.add_user("w1", images=RED)
+    chat.add_assistant("w2 w3")
+    chat.add_user("w4", images=BLUE)
+    inputs = local.prepare(chat)
+    text = vlm.processor.batch_decode(inputs["input_ids"])[0]
+    image = " ".join(["<image>"] * 16)
+    assert text == f"USER: {image} w1 ASSISTANT: w2 w3 USER: {image} w4 ASSISTANT:"
+    alone = vlm.processor.image_processor(images=[BLUE], return_tensors="pt")["pixel_values"][0]
+    assert inputs["pixel_values"].shape[0] == 2 and (inputs["pixel_values"][1] == alone).all()
+
+    expected = hand_written(vlm, [RED, BLUE], "USER: <image> w1 ASSISTANT: w2 w3 USER: <image> w4 ASSISTANT:", 8)
+    assert local.ask(chat, max_new_tokens=8) == expected
+    messages = chat.to_messages()
+    assert local.ask(messages, chat.images, max_new_tokens=8) == expected
+
+
+def test_stop_event_ends_generation_within_one_token(local):
+    from transformers import LogitsProcessorList
+
+    stop = threading.Event()
+    steps = {"n": 0}
+
+    def stop_at_third_step(input_ids, scores):
+        steps["n"] += 1
+        if steps["n"] == 3:
+            stop.set()
+        return scores
+
+    text = local.ask(
+        "w1", RED, max_new_tokens=100, min_new_tokens=100, stop_event=stop,
+        logits_processor=LogitsProcessorList([stop_at_third_step]),
+    )
+    assert 3 <= local.tokens_generated <= 4 and steps["n"] == local.tokens_generated
+    assert len(text.split()) <= 4
+
+
+def test_stop_from_the_consumer_lets_at_most_one_more_token_start(local):
+    from transformers import LogitsProcessorList
+
+    stop = threading.Event()
+    after_stop = {"n": 0}
+
+    def watch(input_ids, scores):
+        time.sleep(0.01)  # slow enough that the consumer sets the event mid-stream
+        if stop.is_set():
+            after_stop["n"] += 1
+        return scores
+
+    pieces = []
+    for piece in local.stream(
+        "w1", RED, max_new_tokens=200, min_new_tokens=200, stop_event=stop,
+        logits_processor=LogitsProcessorList([watch]),
+    ):
+        pieces.append(piece)
+        stop.set()
+    assert after_stop["n"] <= 1  # the token being generated when Stop came, and no other
+    assert local.tokens_generated < 100 and len(pieces) <= local.tokens_generated
+
+
+def test_sampling_settings_reach_generate(local, monkeypatch):
+    seen = {}
+    original = local.vlm.model.generate
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(local.vlm.model, "generate", recording)
+    assert isinstance(local.ask("w1", RED, do_sample=True, temperature=0.5, top_p=0.8, max_new_tokens=3), str)
+    assert (seen["do_sample"], seen["temperature"], seen["top_p"], seen["max_new_tokens"]) == (True, 0.5, 0.8, 3)
+
+
+def test_local_backend_errors(local, vlm, monkeypatch):
+    with pytest.raises(BackendError, match="add do_sample=True"):
+        local.ask("w1", temperature=0.7)
+    chat = Conversation()
+    chat.add_user("w1")
+    chat.add_assistant("w2")
+    with pytest.raises(BackendError, match="must end with a user turn"):
+        local.ask(chat)
+    with pytest.raises(BackendError, match="needs a VLM"):
+        LocalBackend("not a model")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("generate exploded")
+
+    monkeypatch.setattr(vlm.model, "generate", broken)
+    with pytest.raises(RuntimeError, match="generate exploded"):
+        local.ask("w1", RED, max_new_tokens=3)
+    assert not any(t.name == "mllm_nb-stream" for t in threading.enumerate())
+
+
+def test_as_backend_and_description(vlm):
+    backend = as_backend(vlm)
+    assert isinstance(backend, LocalBackend) and backend.vlm is vlm
+    pair = as_backend((vlm.model, vlm.processor))
+    assert isinstance(pair, LocalBackend) and pair.vlm.model is vlm.model
+    assert "LlavaForConditionalGeneration" in backend.describe() and "float32" in backend.describe()
+    assert not backend.demo and not backend.describe().startswith("DEMO MODE")
+    assert repr(backend).startswith("LocalBackend(VLM(")
+    with pytest.raises(BackendError, match="cannot answer questions"):
+        as_backend(42)
+
+
+def test_a_demo_fixture_says_so_loudly(vlm, monkeypatch):
+    from mllm_nb.demo.mode import FIXTURES_DIR
+
+    monkeypatch.setattr(vlm.model, "name_or_path", str(FIXTURES_DIR / "tiny-llava"))
+    backend = LocalBackend(vlm)
+    assert backend.demo and backend.describe().startswith("DEMO MODE (tiny model trained on synthetic data): ")
+
+
+# ============================================================================== fake server
+
+
+def sse(chunk: dict) -> bytes:
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def chunk(content: str | None, model: str, finish: str | None = None) -> dict:
+    delta = {} if content is None else {"content": content}
+    return {
+        "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible server in a thread: records requests, streams ``pieces``."""
+
+    def __init__(self, pieces=("Hello", " world"), delay: float = 0.0, first_delay: float = 0.0,
+                 status: int = 200, error: str = "") -> None:
+        self.pieces, self.delay, self.first_delay = list(pieces), delay, first_delay
+        self.status, self.error = status, error
+        self.requests: list[dict] = []
+        self.sent = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                body = json.dumps({"object": "list", "data": [{"id": "tiny-llava", "object": "model",
+                                                               "created": 0, "owned_by": "me"}]}).encode()
+                self._reply(200, body, "application/json")
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                body = json.loads(self.rfile.read(length))
+                outer.requests.append({"path": self.path, "headers": headers, "body": body})
+                time.sleep(outer.first_delay)
+                try:
+                    if outer.status != 200:
+                        error = {"error": {"message": outer.error, "type": "invalid_request_error", "code": None}}
+                        self._reply(outer.status, json.dumps(error).encode(), "application/json")
+                        return
+                    self._stream(outer.requests[-1]["body"]["model"])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _stream(self, model):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(sse(chunk(None, model)))
+                for piece in outer.pieces:
+                    self.wfile.write(sse(chunk(piece, model)))
+                    self.wfile.flush()
+                    outer.sent += 1
+                    time.sleep(outer.delay)
+                self.wfile.write(sse(chunk(None, model, "stop")) + b"data: [DONE]\n\n")
+
+            def _reply(self, status, body, kind):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def decode_data_url(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+
+
+def test_request_has_model_stream_and_image_as_data_url_and_text_streams_back():
+    with FakeOpenAI() as server:
+        backend = OpenAIBackend(server.url, model="tiny-llava", api_key=KEY, max_retries=0)
+        pieces = list(backend.stream("What colour?", images=RED, max_new_tokens=9))
+    assert pieces == ["Hello", " world"] and backend.tokens_generated == 2
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["authorization"] == f"Bearer {KEY}"
+    body = request["body"]
+    assert body["model"] == "tiny-llava" and body["stream"] is True
+    assert body["max_tokens"] == 9 and body["temperature"] == 0.0 and "top_p" not in body
+    [message] = body["messages"]
+    assert message["role"] == "user"
+    image_item, text_item = message["content"]
+    assert image_item["type"] == "image_url" and text_item == {"type": "text", "text": "What colour?"}
+    assert np.array_equal(np.asarray(decode_data_url(image_item["image_url"]["url"])), np.asarray(RED))
+
+
+def test_multi_turn_sampling_and_extra_settings_reach_the_server():
+    chat = Conversation(system="Be brief.")
+    chat.add_user("w1", images=[RED, BLUE])
+    chat.add_assistant("two squares")
+    chat.add_user("Which is larger?")
+    with FakeOpenAI(pieces=["the", " blue", " one"]) as server:
+        backend = OpenAIBackend(server.url, model="m", max_retries=0)
+        answer = backend.ask(chat, do_sample=True, temperature=0.5, top_p=0.9, top_k=20)
+    assert answer == "the blue one"
+    body = server.requests[0]["body"]
+    assert (body["temperature"], body["top_p"], body["top_k"]) == (0.5, 0.9, 20)
+    messages = body["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[0]["content"] == "Be brief." and messages[2]["content"] == "two squares"
+    assert messages[3]["content"] == "Which is larger?"
+    urls = [item["image_url"]["url"] for item in messages[1]["content"] if item["type"] == "image_url"]
+    assert [decode_data_url(u).size for u in urls] == [RED.size, BLUE.size]
+
+
+def test_stop_event_ends_the_stream_promptly():
+    stop = threading.Event()
+    with FakeOpenAI(pieces=[f" t{i}" for i in range(200)], delay=0.02) as server:
+        backend = OpenAIBackend(server.url, model="m", max_retries=0)
+        backend.client()
+        started, pieces = time.monotonic(), []
+        for piece in backend.stream("go", stop_event=stop):
+            pieces.append(piece)
+            if len(pieces) == 3:
+                stop.set()
+        elapsed = time.monotonic() - started
+    assert len(pieces) == 3 and elapsed < 3.0 and server.sent < 200
+
+
+def test_timeout_becomes_one_clear_error():
+    with FakeOpenAI(first_delay=5.0) as server:
+        backend = OpenAIBackend(server.url, model="m", timeout=0.3, max_retries=0)
+        backend.client()
+        started = time.monotonic()
+        with pytest.raises(BackendError) as info:
+            backend.ask("w1")
+    assert time.monotonic() - started < 4.0  # the server would have answered after 5 s
+    message = str(info.value)
+    assert "did not answer within 0.3 s" in message and server.url in message and "\n" not in message
+    assert isinstance(info.value, MllmNbError)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_refused_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAIBackend(url, model="m", api_key=KEY, max_retries=0)
+    with pytest.raises(BackendError) as info:
+        backend.ask("w1")
+    message = str(info.value)
+    assert message.startswith(f"Could not connect to the server at {url} (connection refused)")
+    assert "transformers serve" in message and KEY not in message
+    with pytest.raises(BackendError, match="Could not connect"):
+        backend.models()
+
+
+def test_http_errors_are_one_sentence_and_never_show_the_key():
+    with FakeOpenAI(status=401, error=f"Incorrect API key provided: {KEY}") as server:
+        backend = OpenAIBackend(server.url, model="m", api_key=KEY, max_retries=0)
+        with pytest.raises(BackendError) as info:
+            backend.ask("w1")
+    assert "refused the API key (HTTP 401)" in str(info.value) and KEY not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+    with FakeOpenAI(status=404, error=f"model nope not found for key {KEY}") as server:
+        backend = OpenAIBackend(server.url, model="nope", api_key=KEY, max_retries=0)
+        with pytest.raises(BackendError) as info:
+            backend.ask("w1")
+    message = str(info.value)
+    assert "does not know model 'nope'" in message and "***" in message and KEY not in message
+
+    with FakeOpenAI(status=400, error=f"bad image {KEY}") as server, pytest.raises(BackendError) as info:
+        OpenAIBackend(server.url, model="m", api_key=KEY, max_retries=0).ask("w1")
+    assert "answered HTTP 400: bad image ***" in str(info.value)
+
+
+def test_api_key_from_argument_environment_or_colab_is_never_shown(monkeypatch):
+    given = OpenAIBackend("http://127.0.0.1:9/v1", model="m", api_key=KEY)
+    for text in (repr(given), str(given), given.describe(), given.name, f"{given}"):
+        assert KEY not in text
+    assert repr(given) == "OpenAIBackend('http://127.0.0.1:9/v1', model='m', api_key='***')"
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY + "-env")
+    from_env = OpenAIBackend("http://127.0.0.1:9/v1", model="m")
+    assert "api_key='***'" in repr(from_env) and "$OPENAI_API_KEY" in from_env.describe()
+    assert KEY not in repr(from_env) + from_env.describe()
+    monkeypatch.delenv("OPENAI_API_KEY")
+
+    colab = types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get=lambda name: KEY + "-colab" if name == "OPENAI_API_KEY" else None)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    with FakeOpenAI() as server:
+        from_colab = OpenAIBackend(server.url, model="m", max_retries=0)
+        assert from_colab.ask("w1") == "Hello world"
+    assert server.requests[0]["headers"]["authorization"] == f"Bearer {KEY}-colab"
+    assert "Colab secret" in from_colab.describe() and KEY not in repr(from_colab)
+
+
+def test_no_key_sends_a_placeholder(monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.colab", None)  # not on Colab
+    with FakeOpenAI() as server:
+        backend = OpenAIBackend(server.url, model="m", max_retries=0)
+        assert backend.ask("w1") == "Hello world"
+        assert backend.models() == ["tiny-llava"]
+    assert server.requests[0]["headers"]["authorization"] == "Bearer EMPTY"
+    assert repr(backend).endswith("api_key=None)") and "API key: none" in backend.describe()
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"base_url": "localhost:8000"}, "is not an http(s) URL"),
+        ({"base_url": 8000}, "must be a URL string"),
+        ({"model": ""}, "model must be the model name"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+    ],
+)
+def test_bad_construction(kwargs, fragment):
+    arguments = {"base_url": "http://127.0.0.1:8000/v1", "model": "m", **kwargs}
+    with pytest.raises(BackendError) as info:
+        OpenAIBackend(**arguments)
+    assert fragment in str(info.value)
+
+
+def test_bad_settings_fail_before_any_request():
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", model="m")
+    with pytest.raises(BackendError, match="add do_sample=True"):
+        backend.ask("w1", temperature=0.5)
+    with pytest.raises(BackendError, match="max_new_tokens must be an integer >= 1"):
+        backend.ask("w1", max_new_tokens=0)
+
+
+def test_base_url_gets_v1_when_it_has_no_path():
+    assert OpenAIBackend("http://localhost:11434", model="llava").base_url == "http://localhost:11434/v1"
+    assert OpenAIBackend("http://h:8000/v1/", model="m").base_url == "http://h:8000/v1"
+    assert as_backend(OpenAIBackend("http://h:1", model="m")).name == "m @ http://h:1/v1"
+
+
+def test_a_custom_backend_needs_only_stream():
+    class Fixed(Backend):
+        def stream(self, chat, images=None, *, stop_event=None, **settings):
+            yield " fixed "
+
+    assert Fixed().ask("anything") == "fixed" and Fixed().describe() == "backend"
