@@ -120,6 +120,8 @@ class CatalogEntry:
         """
         from transformers import AutoConfig
 
+        if self.config.get("model_type") == "honeybee":
+            import mllm_nb.honeybee  # noqa: F401  registers the project's own model type with AutoConfig
         return AutoConfig.for_model(**self.config_dict())
 
     def row(self) -> tuple[str, ...]:

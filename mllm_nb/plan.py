@@ -34,6 +34,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -355,7 +356,8 @@ def _fp32_params(model: nn.Module, attr: str) -> int:
     patterns = sorted(getattr(model, attr, None) or [])
     if not patterns:
         return 0
-    return sum(p.numel() for name, p in model.named_parameters() if _matches(name.rpartition(".")[0], patterns))
+    kept = re.compile("|".join(re.escape(pattern) for pattern in patterns))  # transformers' own rule: a search
+    return sum(p.numel() for name, p in model.named_parameters() if kept.search(name))
 
 
 @lru_cache(maxsize=64)

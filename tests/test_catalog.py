@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mllm_nb.honeybee  # noqa: F401  registers model_type "honeybee" (catalog.build_config does not yet)
 from mllm_nb import catalog
 
 if sys.version_info >= (3, 11):
@@ -30,6 +31,12 @@ EXPECTED_IDS = {
     "openai/clip-vit-base-patch32",
     "openai/clip-vit-large-patch14",
     "google/siglip-base-patch16-224",
+    "kakaobrain/honeybee-7B-C-Abs-M144",
+    "kakaobrain/honeybee-7B-D-Abs-M144",
+    "kakaobrain/honeybee-13B-C-Abs-M256",
+    "kakaobrain/honeybee-13B-D-Abs-M256",
+    "kakaobrain/honeybee-7B-C-Abs-M256",
+    "kakaobrain/honeybee-13B-C-Abs-M576",
 }
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 ALL = catalog.entries()
@@ -47,9 +54,9 @@ def _meta_model(entry: catalog.CatalogEntry) -> torch.nn.Module:
             return AutoModel.from_config(config)
 
 
-def test_catalog_has_the_thirteen_models_once_each() -> None:
+def test_catalog_has_every_expected_model_once() -> None:
     ids = [entry.id for entry in ALL]
-    assert len(ids) == len(set(ids)) == 13
+    assert len(ids) == len(set(ids)) == len(EXPECTED_IDS) == 19
     assert set(ids) == EXPECTED_IDS
 
 
@@ -111,7 +118,7 @@ def test_table_lists_every_model_with_its_numbers() -> None:
     text = catalog.table()
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["id", "family"]
-    assert len(lines) == 14
+    assert len(lines) == len(ALL) + 1
     for entry in ALL:
         assert entry.id in text
     row_34b = next(line for line in lines if "llava-v1.6-34b-hf" in line)
@@ -123,7 +130,7 @@ def test_html_table_is_escaped() -> None:
     entry = dataclasses.replace(catalog.get("openai/clip-vit-base-patch32"), when_to_use="<script>x</script> & co")
     out = entry._repr_html_()
     assert "&lt;script&gt;x&lt;/script&gt; &amp; co" in out and "<script>" not in out
-    assert catalog.html_table().count("<tr>") == 14
+    assert catalog.html_table().count("<tr>") == len(ALL) + 1
 
 
 def test_config_is_read_only_and_copies_are_independent() -> None:
@@ -143,3 +150,78 @@ def test_catalog_json_ships_as_package_data() -> None:
     data = tomllib.loads((root / "pyproject.toml").read_text())
     assert "catalog.json" in data["tool"]["setuptools"]["package-data"]["mllm_nb"]
     assert (root / "mllm_nb" / catalog.CATALOG_FILE).is_file()
+
+
+# --------------------------------------------------------------------------- Honeybee (release archives)
+
+HONEYBEE = catalog.entries("honeybee")
+VICUNA_PARAMS = {"7B": 6_738_415_616, "13B": 13_015_864_320}  # Vicuna v1.5 / Llama-2, vocab 32000
+CLIP_L14_VISION_PARAMS = {224: 303_179_776, 336: 303_507_456}  # CLIPVisionModel incl. post_layernorm
+
+
+def _zoo_name(entry: catalog.CatalogEntry) -> str:
+    return entry.id.removeprefix("kakaobrain/honeybee-")
+
+
+def test_honeybee_entries_are_the_six_model_zoo_releases() -> None:
+    from mllm_nb.honeybee import MODEL_ZOO
+
+    assert [_zoo_name(e) for e in HONEYBEE] == list(MODEL_ZOO)
+    for entry in HONEYBEE:
+        name = _zoo_name(entry)
+        assert catalog.get(f"kakaobrain/honeybee-{name.lower()}") is entry  # case-insensitive like the rest
+        assert entry.architecture == "HoneybeeForConditionalGeneration" and entry.config["model_type"] == "honeybee"
+        assert entry.license == "CC-BY-NC-4.0" and entry.context_length == 4096
+        # not a Hub repo: the entry says how to get the weights, and that the id is only a name
+        assert f'download("{name}")' in entry.when_to_use and "convert" in entry.when_to_use
+        assert "not a Hub repo" in entry.estimated["id"]
+        assert {"config", "stored_dtype", "shard_bytes"} <= set(entry.estimated)
+        assert entry.trained_multi_image.value is False and "several <image>" in entry.trained_multi_image.note
+
+
+@pytest.mark.parametrize("entry", HONEYBEE, ids=lambda e: e.id)
+def test_honeybee_config_matches_the_release_name(entry: catalog.CatalogEntry) -> None:
+    size, kind, tokens = _zoo_name(entry).split("-")[0], _zoo_name(entry).split("-")[1], int(entry.id.split("-M")[-1])
+    config = entry.build_config()
+    assert entry.image_tokens.base == entry.image_tokens.max == tokens == config.num_visual_tokens
+    assert config.projector_type == f"{kind.lower()}-abs"
+    assert config.text_config.hidden_size == {"7B": 4096, "13B": 5120}[size]
+    assert config.vision_config.image_size == (336 if tokens == 576 else 224)
+    assert config.num_patches >= tokens  # the abstractor pools the patch grid down (or keeps it)
+    assert config.image_token_id == config.text_config.vocab_size == 32000  # <image> lives in the tokenizer only
+
+
+@pytest.mark.parametrize("entry", HONEYBEE, ids=lambda e: e.id)
+def test_honeybee_params_are_vicuna_plus_clip_plus_the_abstractor(entry: catalog.CatalogEntry) -> None:
+    model = _meta_model(entry)
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params - entry.params) <= 0.01 * entry.params
+    abstractor = sum(p.numel() for p in model.model.abstractor.parameters())
+    llm = VICUNA_PARAMS[_zoo_name(entry).split("-")[0]]
+    vision = CLIP_L14_VISION_PARAMS[entry.config["vision_config"]["image_size"]]
+    assert params - abstractor == llm + vision  # published sizes of the two towers, independent of the config
+    assert 30e6 < abstractor < 60e6  # two RegStages + readout (C-Abs) or six deformable layers (D-Abs)
+
+
+def test_honeybee_m144_entry_is_the_model_default_shape() -> None:
+    from mllm_nb.honeybee import HoneybeeConfig, HoneybeeForConditionalGeneration
+
+    with torch.device("meta"):
+        default = HoneybeeForConditionalGeneration(HoneybeeConfig())
+    shapes = {name: tuple(t.shape) for name, t in _meta_model(HONEYBEE[0]).state_dict().items()}
+    assert _zoo_name(HONEYBEE[0]) == "7B-C-Abs-M144"
+    assert shapes == {name: tuple(t.shape) for name, t in default.state_dict().items()}
+
+
+@pytest.mark.parametrize("entry", HONEYBEE, ids=lambda e: e.id)
+def test_honeybee_ids_resolve_to_the_tiny_honeybee_fixture_in_demo_mode(entry: catalog.CatalogEntry) -> None:
+    from mllm_nb.demo.mode import FIXTURES_DIR, resolve_model
+    from mllm_nb.errors import DemoModeError
+
+    assert resolve_model(entry.id, "vlm", demo=False) == (entry.id, False)
+    if (FIXTURES_DIR / "tiny-honeybee" / "config.json").is_file():
+        path, is_fixture = resolve_model(entry.id, "vlm", demo=True)
+        assert is_fixture and Path(path) == FIXTURES_DIR / "tiny-honeybee"
+    else:  # not trained yet: a clear error naming the fixture, not a fall-back to another model
+        with pytest.raises(DemoModeError, match=r"demo fixture 'tiny-honeybee' is missing .* regenerate it"):
+            resolve_model(entry.id, "vlm", demo=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mllm_nb.honeybee  # noqa: F401  registers model_type "honeybee" (catalog.build_config does not yet)
 from mllm_nb import catalog, plan
 from mllm_nb.cli import main
 from mllm_nb.errors import MllmNbError
@@ -490,3 +491,56 @@ def test_cli_fit_exit_codes(capsys: pytest.CaptureFixture[str], offline: None) -
     assert captured.err.startswith("error: cannot plan 'someone/not-in-the-catalog' offline")
     with pytest.raises(SystemExit):
         main(["fit", LLAVA_7B, "--quantization", "3bit"])
+
+
+# --------------------------------------------------------------------------- Honeybee release archives
+
+HONEYBEE = catalog.entries("honeybee")
+# Vicuna decoder Linears (q, k, v, o + gate, up, down per layer): the only modules bitsandbytes quantizes
+LLM_LINEAR_PARAMS = {
+    "7B": 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008),
+    "13B": 40 * (4 * 5120 * 5120 + 3 * 5120 * 13824),
+}
+# 4-bit weight ranges (GB). The D-Abstractor is loaded in float32 (_keep_in_fp32_modules_strict), so the
+# D-Abs 7B may exceed 4.6 GB by about 0.1 GB once the planner counts that upcast.
+WEIGHTS_4BIT_GB = {"7B-C": (3.6, 4.6), "7B-D": (3.6, 4.8), "13B-C": (6.8, 8.2), "13B-D": (6.8, 8.2)}
+
+
+def _size_kind(entry: catalog.CatalogEntry) -> str:
+    return "-".join(entry.id.removeprefix("kakaobrain/honeybee-").split("-")[:2])
+
+
+@pytest.mark.parametrize("entry", HONEYBEE, ids=lambda e: e.id)
+def test_honeybee_in_4bit_fits_a_t4_with_only_the_llm_quantized(entry: catalog.CatalogEntry) -> None:
+    report = fit(entry.id, quantization="4bit", target="t4")
+    low, high = WEIGHTS_4BIT_GB[_size_kind(entry)]
+    assert low * 1e9 <= report.weights_bytes <= high * 1e9
+    assert report.fits and report.source == "catalog" and report.architecture == "HoneybeeForConditionalGeneration"
+    # the vision tower, the abstractor and lm_head stay in float16 (the model's quantization_skip_modules)
+    assert report.quantized_params == LLM_LINEAR_PARAMS[_size_kind(entry).split("-")[0]]
+    assert report.kept_params == entry.params - report.quantized_params
+    tokens = int(entry.id.split("-M")[-1])
+    assert report.image_tokens == report.image_tokens_max == tokens
+    assert report.planned_tokens == tokens + 512 + plan.PROMPT_TOKENS
+
+
+@pytest.mark.parametrize("entry", [e for e in HONEYBEE if e.id.startswith("kakaobrain/honeybee-13B")], ids=lambda e: e.id)
+def test_honeybee_13b_in_fp16_does_not_fit_a_t4(entry: catalog.CatalogEntry) -> None:
+    report = fit(entry.id, quantization=None, target="t4")
+    assert not report.fits and not report.gpu_fits and report.weights_bytes > 26e9
+    assert "quantization='4bit'" in report.suggestions[0]
+
+
+def test_more_honeybee_tokens_cost_more_kv_cache_but_the_same_weights() -> None:
+    m144, m256 = (fit(f"kakaobrain/honeybee-7B-C-Abs-{m}", target="t4") for m in ("M144", "M256"))
+    assert m144.weights_bytes == m256.weights_bytes  # the C-Abstractor pools; its weights do not depend on M
+    assert m256.kv_bytes - m144.kv_bytes == 112 * kv_bytes_per_token(catalog.get(m144.model_id).build_config())
+
+
+def test_honeybee_plans_in_a_fresh_interpreter() -> None:
+    import subprocess
+    import sys
+
+    code = "from mllm_nb import fit; print(fit('kakaobrain/honeybee-7B-C-Abs-M144', '4bit', 't4').fits)"
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-500:]

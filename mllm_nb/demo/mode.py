@@ -29,6 +29,7 @@ _FIXTURE_PATTERNS: dict[str, dict[str, str]] = {
     },
     "vlm": {
         "llava-hf/*": "tiny-llava",
+        "kakaobrain/honeybee*": "tiny-honeybee",
     },
 }
 
