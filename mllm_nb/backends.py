@@ -7,7 +7,8 @@ string (with ``images``), or chat-template messages whose ``{"type": "image"}`` 
 ``images`` in order. ``ask`` joins the pieces; ``name`` and ``describe()`` say what it is.
 
 - :class:`LocalBackend` wraps a :class:`~mllm_nb.vlm.VLM` (or a model and its processor); the whole
-  conversation goes through ``processor.apply_chat_template``; generation runs in a worker thread.
+  conversation goes through ``processor.apply_chat_template``; generation runs in a worker thread and
+  each token's text is handed over as soon as it decodes (``TokenStreamer``).
 - :class:`OpenAIBackend` talks to ``transformers serve``, vLLM, SGLang, Ollama or LM Studio with the
   official ``openai`` client (``pip install openai``); images travel as base64 PNG data URLs.
 
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import os
+import queue
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -128,9 +131,9 @@ def _check_sampling(do_sample: Any, temperature: Any, top_p: Any) -> None:
 class LocalBackend(Backend):
     """A model in this kernel: a :class:`~mllm_nb.vlm.VLM`, or a model and its processor.
 
-    Streaming uses ``TextIteratorStreamer`` with ``generate`` in a worker thread; setting
-    ``stop_event`` ends generation after at most one more token (a ``StoppingCriteria`` checks it
-    after every token).
+    ``generate`` runs in a worker thread and a :class:`TokenStreamer` hands over each token's text as
+    soon as it decodes (whole characters only); setting ``stop_event`` ends generation after at most
+    one more token (a ``StoppingCriteria`` checks it after every token).
 
     >>> backend = LocalBackend(load_vlm("llava-hf/llava-1.5-7b-hf", demo=True))  # doctest: +SKIP
     >>> "".join(backend.stream("What colour is the circle?", images="scene.png"))  # doctest: +SKIP
@@ -190,7 +193,7 @@ class LocalBackend(Backend):
         chat: Conversation | str | list[dict[str, Any]],
         images: Any = None,
         *,
-        max_new_tokens: int = 256,
+        max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         do_sample: bool = False,
@@ -199,21 +202,29 @@ class LocalBackend(Backend):
     ) -> Iterator[str]:
         """Yield the reply piece by piece (extra keywords go to ``generate``, e.g. ``min_new_tokens``).
 
+        Like ``VLM.stream`` it checks the token budget first (``mllm_nb.context_budget``) and warns once when
+        several images go to a model not trained on them; ``max_new_tokens=None`` takes the model's
+        default, shortened to what the context leaves.
+
         >>> for piece in backend.stream(conversation, stop_event=stop):  # doctest: +SKIP
         ...     print(piece, end="")
         """
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
 
         from mllm_nb.vlm import _Cancelled, _trimmed
 
         _check_sampling(do_sample, temperature, top_p)
-        inputs = self.prepare(chat, images)
-        generation: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, **extra}
-        generation.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
+        conversation = as_conversation(chat, images)
+        inputs = self.prepare(conversation)
+        generation: dict[str, Any] = {"do_sample": do_sample, **extra}
+        extras = (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_p", top_p))
+        generation.update({k: v for k, v in extras if v is not None})
+        self.vlm._warn_multi_image(len(conversation.images))
+        generation = self.vlm._check_budget(inputs, generation, [conversation.images])
         stops = StoppingCriteriaList(generation.pop("stopping_criteria", None) or [])
         stops += [_TokenCounter(self), _Cancelled(stop_event or threading.Event())]
         tokenizer = getattr(self.vlm.processor, "tokenizer", self.vlm.processor)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _streamer_for(tokenizer)
         self.tokens_generated = 0
         yield from _trimmed(self.vlm._run_streaming(inputs, streamer, {**generation, "stopping_criteria": stops}))
 
@@ -233,6 +244,107 @@ class _TokenCounter:
 
 def _model_name(model: Any) -> str:
     return str(getattr(model, "name_or_path", "") or type(model).__name__)
+
+
+def _streamer_for(tokenizer: Any) -> Any:
+    """A ``TokenStreamer`` when ``tokenizer`` decodes with the ``tokenizers`` library alone, else
+    ``TextIteratorStreamer`` (whole words): slow tokenizers, and fast ones that clean up spaces after decoding."""
+    from transformers import TextIteratorStreamer
+
+    if _decodes_in_rust(tokenizer):
+        return _token_streamer_class()(tokenizer)
+    return TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def _decodes_in_rust(tokenizer: Any) -> bool:
+    """Whether ``tokenizer.decode`` is exactly ``backend_tokenizer.decode`` (no Python clean-up afterwards)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return False
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        return False
+    if not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return True
+    # transformers skips the clean-up for BPE models unless forced (tokenization_utils_tokenizers._decode)
+    forced = getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
+    return type(backend.model).__name__ == "BPE" and not forced
+
+
+def __getattr__(name: str) -> Any:
+    """``TokenStreamer`` is built on first use, so that importing this module does not import transformers."""
+    if name == "TokenStreamer":
+        return _token_streamer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _token_streamer_class() -> type:
+    from tokenizers.decoders import DecodeStream
+    from transformers.generation.streamers import BaseStreamer
+
+    class TokenStreamer(BaseStreamer):
+        """A ``generate`` streamer that yields each new token's text as soon as it decodes.
+
+        It skips the prompt and special tokens and decodes incrementally with
+        ``tokenizers.decoders.DecodeStream``, so a character split over several byte tokens (Korean,
+        emoji) comes out whole, in the piece of its last byte. The pieces join to
+        ``tokenizer.decode(new_tokens, skip_special_tokens=True)``; whatever was still undecodable when
+        generation ended (a character cut off by ``max_new_tokens``) comes out then, as ``decode`` writes it.
+        Iterate it in another thread than ``generate`` (batch size 1).
+
+        >>> streamer = TokenStreamer(processor.tokenizer)  # doctest: +SKIP
+        >>> threading.Thread(target=model.generate, kwargs={**inputs, "streamer": streamer}).start()  # doctest: +SKIP
+        >>> for piece in streamer:  # doctest: +SKIP
+        ...     print(piece, end="")
+        """
+
+        def __init__(self, tokenizer: Any) -> None:
+            self.tokenizer = tokenizer
+            self._backend = tokenizer.backend_tokenizer
+            self._decoder = DecodeStream(skip_special_tokens=True)
+            self._pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+            self._tokens: list[int] = []  # the new tokens so far
+            self._emitted: list[str] = []
+            self._prompt = True
+
+        def put(self, value: Any) -> None:
+            """Called by ``generate``: first with the prompt (skipped), then with each new token."""
+            if value.dim() > 1 and value.shape[0] > 1:
+                raise ValueError("TokenStreamer only supports batch size 1.")
+            if self._prompt:
+                self._prompt = False
+                return
+            for token in value.reshape(-1).tolist():
+                self._tokens.append(token)
+                text = self._decoder.step(self._backend, token)
+                if text:
+                    self._emit(text)
+
+        def end(self) -> None:
+            """Called by ``generate`` when it is done: flush what is left, then end the iteration."""
+            if self._tokens:
+                full, done = self._backend.decode(self._tokens, skip_special_tokens=True), "".join(self._emitted)
+                if len(full) > len(done) and full.startswith(done):
+                    self._emit(full[len(done) :])
+            self._pieces.put(None)
+
+        def _emit(self, text: str) -> None:
+            self._emitted.append(text)
+            self._pieces.put(text)
+
+        def __iter__(self) -> TokenStreamer:
+            return self
+
+        def __next__(self) -> str:
+            piece = self._pieces.get()
+            if piece is None:
+                raise StopIteration
+            return piece
+
+    TokenStreamer.__module__ = __name__
+    return TokenStreamer
 
 
 # ----------------------------------------------------------------------------------- server
@@ -341,10 +453,16 @@ class OpenAIBackend(Backend):
         stop_event: threading.Event | None = None,
         **extra: Any,
     ) -> Iterator[str]:
-        """Yield the reply as the server streams it (extra keywords go in the request body, e.g. ``top_k``).
+        """Yield the reply as the server streams it; extra keywords go in the request body as they are.
+
+        Servers differ in the extra fields they take: vLLM and SGLang accept e.g. ``top_k=20``, while
+        ``transformers serve`` refuses unknown fields such as ``top_k`` (HTTP 422) and takes its own, such
+        as ``generation_config`` (a JSON string of ``GenerationConfig`` fields, used instead of the model's).
 
         >>> for piece in server.stream("Describe the image.", images="cat.jpg"):  # doctest: +SKIP
         ...     print(piece, end="")
+        >>> vllm.ask("Describe the image.", images="cat.jpg", do_sample=True, top_k=20)  # doctest: +SKIP
+        >>> serve.ask("Describe it.", images="cat.jpg", generation_config='{"min_new_tokens": 20}')  # doctest: +SKIP
         """
         _check_sampling(do_sample, temperature, top_p)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -364,10 +482,10 @@ class OpenAIBackend(Backend):
         stop_event = stop_event or threading.Event()
         self.tokens_generated = 0
         response = self._call(lambda: self.client().chat.completions.create(**request))
-        try:
+        try:  # the server has started answering: a broken connection from here on is not "could not connect"
             chunks = iter(response)
             while not stop_event.is_set():
-                chunk = self._call(lambda: next(chunks, None))
+                chunk = self._call(lambda: next(chunks, None), mid_answer=True)
                 if chunk is None:
                     break
                 piece = chunk.choices[0].delta.content if chunk.choices else None
@@ -377,24 +495,33 @@ class OpenAIBackend(Backend):
         finally:
             _close_quietly(response)
 
-    def _call(self, function: Any) -> Any:
+    def _call(self, function: Any, mid_answer: bool = False) -> Any:
         try:
             return function()
         except MllmNbError:
             raise
         except Exception as err:  # noqa: BLE001 - openai / transport errors become one sentence
-            raise self._error(err) from None
+            raise self._error(err, mid_answer) from None
 
-    def _error(self, err: BaseException) -> BackendError:
-        """One sentence for what went wrong talking to the server; the API key is scrubbed from it."""
+    def _error(self, err: BaseException, mid_answer: bool = False) -> BackendError:
+        """One sentence for what went wrong talking to the server; the API key is scrubbed from it.
+
+        ``mid_answer``: the server had started answering (the streamed response was open).
+        """
         openai = _import_openai()
         where = f"the server at {self.base_url}"
+        connection = isinstance(err, (openai.APIConnectionError, OSError)) or _is_transport_error(err)
         if isinstance(err, openai.APITimeoutError) or "timeout" in type(err).__name__.lower():
             text = (
                 f"{where} did not answer within {self.timeout:g} s; it may still be loading the model or be "
                 "overloaded: wait and retry, or raise OpenAIBackend(timeout=...)."
             )
-        elif isinstance(err, (openai.APIConnectionError, OSError)):
+        elif mid_answer and connection:
+            text = (
+                f"The connection to {where} broke mid-answer ({_root_reason(err)}); the server may have "
+                "stopped or restarted: check it, then send again."
+            )
+        elif connection:
             reason = _root_reason(err)
             text = (
                 f"Could not connect to {where} ({reason}); start the server (e.g. `transformers serve`) "
@@ -457,6 +584,11 @@ def _status_message(err: Any, where: str, model: str) -> str:
             f"{where} does not know model {model!r} or the chat endpoint (HTTP 404: {detail}); "
             "check model= (OpenAIBackend.models() lists them) and base_url."
         )
+    if status == 500:
+        return (
+            f"{where} answered HTTP 500: {detail}; the server failed on this request (its log has the reason): "
+            "check the images and settings."
+        )
     return f"{where} answered HTTP {status}: {detail}"
 
 
@@ -471,6 +603,12 @@ def _status_detail(err: Any) -> str:
     if isinstance(body, str) and body.strip():
         return _first_line(body)
     return _first_line(getattr(err, "message", "") or str(err))
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    """An httpx / httpx2 / httpcore / h11 network or protocol error (the connection broke), by class name."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return bool(names & {"TransportError", "NetworkError", "ProtocolError"})
 
 
 def _root_reason(err: BaseException) -> str:

@@ -77,6 +77,48 @@ def test_streamed_pieces_join_to_the_greedy_ask_answer(vlm, local):
     assert not any(t.name == "mllm_nb-stream" for t in threading.enumerate())
 
 
+class Script:
+    """A logits processor that makes generation emit ``ids`` in order (then whatever the model likes)."""
+
+    def __init__(self, ids, before_step=None) -> None:
+        self.ids, self.before_step, self.step = list(ids), before_step, 0
+
+    def __call__(self, input_ids, scores):
+        self.step += 1
+        if self.before_step:
+            self.before_step(self.step)
+        if self.step <= len(self.ids):
+            scores = scores.clone().fill_(float("-inf"))
+            scores[:, self.ids[self.step - 1]] = 0.0
+        return scores
+
+
+def scripted(ids, before_step=None) -> dict:
+    from transformers import LogitsProcessorList
+
+    return {"logits_processor": LogitsProcessorList([Script(ids, before_step)])}
+
+
+def test_each_tokens_text_is_handed_over_before_the_next_token_is_generated(vlm, local):
+    from test_loading import WORDS
+
+    from mllm_nb.backends import TokenStreamer
+
+    received, first_seen, waited = [], threading.Event(), {}
+
+    def before_step(step):  # runs in generate's thread, before token `step` is chosen
+        if step == 2:  # token 1 has been handed to the streamer: the consumer must be able to show it now
+            waited["seen"] = first_seen.wait(timeout=3.0)
+
+    words = ["w5", "w6", "w7", "w8"]
+    for piece in local.stream("w1", RED, max_new_tokens=4, **scripted([WORDS.index(w) for w in words], before_step)):
+        received.append(piece)
+        first_seen.set()
+    assert waited == {"seen": True}  # a word-level streamer would hold "w5" until token 2 arrives
+    assert received == ["w5", " w6", " w7", " w8"]  # one piece per token
+    assert isinstance(TokenStreamer, type) and TokenStreamer.__module__ == "mllm_nb.backends"
+
+
 def test_multi_turn_goes_through_the_chat_template_with_images_in_order(vlm, local):
     chat = Conversation()
     chat.add_user("w1", images=RED)
@@ -191,6 +233,137 @@ def test_a_demo_fixture_says_so_loudly(vlm, monkeypatch):
     assert backend.demo and backend.describe().startswith("DEMO MODE (tiny model trained on synthetic data): ")
 
 
+# ====================================================================== byte-fallback tokens
+
+HANGUL = "안녕하세요 😀 세계, hi!"
+
+
+def byte_fallback_tokenizer():
+    """A Llama-style tokenizer: BPE with byte fallback (every byte a token), metaspace, no merges.
+
+    "안" is one token; every other non-ASCII character becomes 3 or 4 byte tokens, as in Llama/Vicuna.
+    """
+    from tokenizers import Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"]
+    pieces = ["\u2581", "안", "w", "1", "2"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)] + pieces)}
+    backend = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([
+        decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
+    ])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"}, additional_special_tokens=["USER:", "ASSISTANT:"],
+    )
+
+
+@pytest.fixture(scope="module")
+def byte_llava():
+    """The tiny LLaVA's architecture and processor settings with the byte-fallback tokenizer (not saved)."""
+    torch = pytest.importorskip("torch")
+    from test_loading import (
+        IMAGE_SIZE,
+        PATCH_SIZE,
+        TINY_CHAT_TEMPLATE,
+        TOKENS_PER_IMAGE,
+    )
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = byte_fallback_tokenizer()
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ),
+        tokenizer=tokenizer, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=TINY_CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, vocab_size=len(tokenizer), bos_token_id=2, eos_token_id=3,
+                                pad_token_id=0),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        image_seq_length=TOKENS_PER_IMAGE,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    return as_backend((model, processor))
+
+
+def test_the_streamer_hands_over_each_character_as_soon_as_its_last_byte_arrives():
+    torch = pytest.importorskip("torch")
+    from mllm_nb.backends import TokenStreamer
+
+    tokenizer = byte_fallback_tokenizer()
+    ids = tokenizer(HANGUL, add_special_tokens=False)["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[1] == "안" and tokens[2:5] == ["<0xEB>", "<0x85>", "<0x95>"]  # 녕 is three byte tokens
+    streamer = TokenStreamer(tokenizer)
+    streamer.put(torch.tensor([[2, 5, 9, 9]]))  # the prompt: skipped
+    after = []
+    for token in ids[:6] + [3] + ids[6:]:  # a special token (</s>) in the middle: skipped
+        streamer.put(torch.tensor([token]))
+        ready = []
+        while not streamer._pieces.empty():
+            ready.append(streamer._pieces.get_nowait())
+        after.append("".join(ready))
+    streamer.end()
+    assert list(streamer) == []  # the end mark only: nothing was held back
+    assert after[:7] == ["", "안", "", "", "녕", "", ""]  # "▁" alone decodes to nothing (the leading space)
+    assert "".join(after) == HANGUL == tokenizer.decode(ids, skip_special_tokens=True)
+    emoji = tokens.index("<0xF0>") + 1  # + 1: the </s> put in the middle
+    assert after[emoji : emoji + 4] == ["", "", "", "😀"]
+
+
+def test_korean_and_emoji_stream_whole_and_join_to_the_greedy_ask_answer(byte_llava):
+    tokenizer = byte_llava.vlm.processor.tokenizer
+    ids = tokenizer(HANGUL, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    pieces = list(byte_llava.stream("hi", images=RED, max_new_tokens=50, **scripted(ids)))
+    assert "".join(pieces) == HANGUL == byte_llava.vlm.ask(RED, "hi", max_new_tokens=50, **scripted(ids))
+    assert byte_llava.tokens_generated == len(ids)
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert {"안", "녕", "하", "세", "요", "😀", "계"} <= set("".join(p.strip() for p in pieces[:12]))
+    assert len(pieces) >= 12  # character by character, not word by word
+
+    # a character cut short by max_new_tokens: the pieces still join to what ask returns
+    cut = 4  # "▁", "안", and two of 녕's three bytes
+    short = list(byte_llava.stream("hi", images=RED, max_new_tokens=cut, **scripted(ids)))
+    expected = byte_llava.vlm.ask(RED, "hi", max_new_tokens=cut, **scripted(ids))
+    assert expected.startswith("안\ufffd") and "".join(short) == expected
+
+
+def test_tokenizers_that_clean_up_after_decoding_keep_the_word_streamer(vlm):
+    from transformers import TextIteratorStreamer
+
+    from mllm_nb.backends import TokenStreamer, _streamer_for
+
+    tokenizer = vlm.processor.tokenizer  # word-level: transformers' clean-up would apply to it
+    assert isinstance(_streamer_for(tokenizer), TokenStreamer)
+    tokenizer.clean_up_tokenization_spaces = True
+    try:
+        assert isinstance(_streamer_for(tokenizer), TextIteratorStreamer)
+    finally:
+        tokenizer.clean_up_tokenization_spaces = False
+    bpe = byte_fallback_tokenizer()
+    bpe.clean_up_tokenization_spaces = True  # ignored by transformers for BPE models
+    assert isinstance(_streamer_for(bpe), TokenStreamer)
+    assert isinstance(_streamer_for(types.SimpleNamespace(decode=str)), TextIteratorStreamer)  # no fast backend
+
+
 # ============================================================================== fake server
 
 
@@ -207,12 +380,16 @@ def chunk(content: str | None, model: str, finish: str | None = None) -> dict:
 
 
 class FakeOpenAI:
-    """An OpenAI-compatible server in a thread: records requests, streams ``pieces``."""
+    """An OpenAI-compatible server in a thread: records requests, streams ``pieces``.
+
+    ``break_after=n``: stream with chunked transfer encoding and hang up after ``n`` pieces, without
+    the closing chunk (what a server that dies mid-answer looks like to the client).
+    """
 
     def __init__(self, pieces=("Hello", " world"), delay: float = 0.0, first_delay: float = 0.0,
-                 status: int = 200, error: str = "") -> None:
+                 status: int = 200, error: str = "", break_after: int | None = None) -> None:
         self.pieces, self.delay, self.first_delay = list(pieces), delay, first_delay
-        self.status, self.error = status, error
+        self.status, self.error, self.break_after = status, error, break_after
         self.requests: list[dict] = []
         self.sent = 0
         outer = self
@@ -242,16 +419,30 @@ class FakeOpenAI:
                     pass
 
             def _stream(self, model):
+                chunked = outer.break_after is not None
+                if chunked:
+                    self.protocol_version = "HTTP/1.1"
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                if chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                self.wfile.write(sse(chunk(None, model)))
+                write = self._write_chunk if chunked else self.wfile.write
+                write(sse(chunk(None, model)))
                 for piece in outer.pieces:
-                    self.wfile.write(sse(chunk(piece, model)))
+                    if outer.sent == outer.break_after:
+                        self.close_connection = True  # hang up: no closing chunk
+                        return
+                    write(sse(chunk(piece, model)))
                     self.wfile.flush()
                     outer.sent += 1
                     time.sleep(outer.delay)
-                self.wfile.write(sse(chunk(None, model, "stop")) + b"data: [DONE]\n\n")
+                write(sse(chunk(None, model, "stop")) + b"data: [DONE]\n\n")
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+
+            def _write_chunk(self, data):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
             def _reply(self, status, body, kind):
                 self.send_response(status)
@@ -359,6 +550,35 @@ def test_connection_refused_names_the_url():
     assert "transformers serve" in message and KEY not in message
     with pytest.raises(BackendError, match="Could not connect"):
         backend.models()
+
+
+def test_the_connection_breaking_mid_answer_says_so_rather_than_could_not_connect():
+    with FakeOpenAI(pieces=["The", " red", " one", " is"], break_after=2) as server:
+        backend = OpenAIBackend(server.url, model="m", api_key=KEY, max_retries=0)
+        stream = backend.stream("w1")
+        assert [next(stream), next(stream)] == ["The", " red"]
+        with pytest.raises(BackendError) as info:
+            next(stream)
+    assert backend.tokens_generated == 2
+    message = str(info.value)
+    assert message.startswith(f"The connection to the server at {server.url} broke mid-answer (")
+    assert "incomplete chunked read" in message  # the transport's own reason
+    assert message.endswith("); the server may have stopped or restarted: check it, then send again.")
+    assert "Could not connect" not in message and "\n" not in message and KEY not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+    with FakeOpenAI(pieces=["The", " red"], break_after=2) as server:  # a complete answer must still work
+        assert OpenAIBackend(server.url, model="m", max_retries=0).ask("w1") == "The red"
+
+
+def test_http_500_points_at_the_servers_log():
+    broken = FakeOpenAI(status=500, error="cannot identify image file <_io.BytesIO object>")
+    with broken as server, pytest.raises(BackendError) as info:
+        OpenAIBackend(server.url, model="m", max_retries=0).ask("w1", images=RED)
+    assert str(info.value) == (
+        f"The server at {server.url} answered HTTP 500: cannot identify image file <_io.BytesIO object>; "
+        "the server failed on this request (its log has the reason): check the images and settings."
+    )
 
 
 def test_http_errors_are_one_sentence_and_never_show_the_key():
