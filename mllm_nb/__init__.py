@@ -52,12 +52,21 @@ _EXPORTS: dict[str, str] = {
     "as_backend": "mllm_nb.backends",
     "ChatPanel": "mllm_nb.widgets",
     "ChatPanelError": "mllm_nb.widgets",
+    "TokenStreamer": "mllm_nb.backends",
+    "budget": "mllm_nb.context_budget",
+    "BudgetReport": "mllm_nb.context_budget",
+    "BudgetError": "mllm_nb.context_budget",
+    "plot_image_tokens": "mllm_nb.context_budget",
+    "MultiImageWarning": "mllm_nb.vlm",
+    "ocr": "mllm_nb.ocr",
+    "cer": "mllm_nb.metrics",
+    "wer": "mllm_nb.metrics",
 }
 
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
 _SUBMODULES = {
-    "backends", "catalog", "chat", "clip", "cli", "demo", "display", "errors", "hardware", "honeybee", "images",
-    "loading", "plan", "samples", "vlm", "widgets",
+    "backends", "catalog", "chat", "clip", "cli", "context_budget", "demo", "display", "errors", "hardware",
+    "honeybee", "images", "loading", "metrics", "plan", "samples", "vlm", "widgets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

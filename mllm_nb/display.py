@@ -386,18 +386,28 @@ def _shorten(label: str, limit: int = _MAX_LABEL_CHARS) -> str:
 
 
 def _load_all(images: Any) -> list[Any]:
-    """One source, a list of sources, a folder, a glob or an upload -> a list of RGB PIL images."""
+    """One source, a list of sources, a folder, a glob, an upload or a Conversation -> RGB PIL images."""
     from mllm_nb.images import load_images
 
+    if hasattr(images, "turns") and isinstance(getattr(images, "images", None), list):  # a Conversation
+        return list(images.images)
     return list(load_images(images))
 
 
 def _cell_titles(
-    n: int, captions: str | Sequence[str | None] | None, labels: bool | str
+    n: int, captions: str | Sequence[str | None] | None, labels: bool | str, numbered: bool = False
 ) -> list[str]:
-    """One title per image: the captions, else "Image i" labels when asked for, else blanks."""
+    """One title per image: the captions, else "Image i" labels when asked for, else blanks.
+
+    ``numbered`` puts "Image i" in front of every title, captions included ("Image 1: a cat").
+    """
     if labels not in ("auto", True, False):
         raise DisplayError(f'labels must be "auto", True or False, got {labels!r}.')
+    if not isinstance(numbered, bool):
+        raise DisplayError(f"numbered must be True or False, got {numbered!r}.")
+    if numbered:
+        plain = _cell_titles(n, captions, False)
+        return [f"Image {i}: {t}" if t else f"Image {i}" for i, t in enumerate(plain, start=1)]
     if captions is not None:
         if isinstance(captions, str):
             captions = [captions]
@@ -465,24 +475,28 @@ def show(
     size: float = 3.0,
     title: str | None = None,
     labels: bool | str = "auto",
+    numbered: bool = False,
 ) -> Figure:
     """Show one image or a grid of images, with optional captions and a title.
 
     ``images`` is anything :func:`mllm_nb.load_image` accepts (path, URL, bytes, PIL image, numpy
-    array, upload) or a list of such sources, or a folder. ``cols`` images per row (auto: up to 4),
-    each in a ``size`` x ``size`` inch cell. With several images and no captions, cells are
-    titled "Image 1", "Image 2", ... (as prompts refer to them); ``labels=False`` turns that off.
+    array, upload) or a list of such sources, or a folder, or a ``Conversation`` (its images in
+    prompt order). ``cols`` images per row (auto: up to 4), each in a ``size`` x ``size`` inch cell.
+    With several images and no captions, cells are titled "Image 1", "Image 2", ... (as prompts
+    refer to them); ``labels=False`` turns that off. ``numbered=True`` numbers every cell, one
+    image or captions included ("Image 1: left photo"), in the order a multi-image prompt gets them.
 
     >>> import numpy as np
     >>> red = np.zeros((32, 48, 3), dtype=np.uint8); red[..., 0] = 255
     >>> fig = show([red, red], captions=["a red image", "빨간 이미지"], title="Two images")
+    >>> fig = show([red, red], captions=["left", "right"], numbered=True)  # "Image 1: left", "Image 2: right"
     """
     size = _check_size(size)
     loaded = _load_all(images)
     if not loaded:
         raise DisplayError("No images to show: pass at least one image or a non-empty list.")
     rows, ncols = _grid_shape(len(loaded), cols)
-    titles = _cell_titles(len(loaded), captions, labels)
+    titles = _cell_titles(len(loaded), captions, labels, numbered)
     heights = _row_heights(loaded, titles, ncols, size)
     fig = _new_figure(ncols * size, sum(heights) + (0.5 if title else 0.0), [*titles, title])
     grid = fig.add_gridspec(rows, ncols, height_ratios=heights)

@@ -6,6 +6,11 @@ piece by piece), ``batch_ask`` (many questions, one ``generate`` per batch) and 
 (a resumable JSONL of captions). The prompt is built with the processor's own chat template, so
 nothing here is specific to one checkpoint: llava, llava_next and llava_onevision work alike.
 
+Before generating, ``ask``, ``stream`` and ``batch_ask`` check the prompt against the model's context
+and the free memory (:mod:`mllm_nb.context_budget`) and raise ``BudgetError`` before any forward pass when it
+cannot fit; they warn once (``MultiImageWarning``) when a catalog model that was not trained on several
+images per prompt gets several.
+
 Get one with :func:`mllm_nb.loading.load_vlm`::
 
     vlm = load_vlm("llava-hf/llava-1.5-7b-hf")
@@ -38,6 +43,14 @@ class VLMError(MllmNbError, ValueError):
     """Bad arguments given to ``load_vlm`` or to a :class:`VLM` method."""
 
 
+class MultiImageWarning(UserWarning):
+    """A prompt holds several images but the model was not trained on such prompts (given once per VLM)."""
+
+
+#: Catalog models trained on several images per prompt, suggested when another model gets several.
+MULTI_IMAGE_MODELS = ("llava-hf/llava-interleave-qwen-7b-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf")
+
+
 @dataclass(frozen=True)
 class FamilyDefaults:
     """Per-family defaults: the caption prompt and how long an answer may be."""
@@ -68,6 +81,7 @@ class VLM:
     name: str = ""
     plan: Any = field(default=None, repr=False)
     quantization: str | None = None
+    _multi_image_warned: bool = field(default=False, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------ properties
 
@@ -96,11 +110,16 @@ class VLM:
         """Answer ``question`` about ``images`` (one, several in order, or None for text only).
 
         Greedy decoding by default; pass e.g. ``max_new_tokens=64`` or
-        ``do_sample=True, temperature=0.7`` to change it. Returns only the new text.
+        ``do_sample=True, temperature=0.7`` to change it. Returns only the new text. Several images
+        are placed in order ("Image 1" first). A prompt longer than the context, or whose KV cache
+        would not fit the free memory, raises ``mllm_nb.context_budget.BudgetError`` before any forward pass;
+        without ``max_new_tokens`` the default is lowered to what the context leaves.
 
         >>> vlm.ask(["left.png", "right.png"], "What differs between the two images?")  # doctest: +SKIP
         """
-        inputs = self.prepare(images, question)
+        pil = self._images(images)
+        inputs = self._inputs(pil, question)
+        generation = self._check_budget(inputs, generation, [pil])
         return self._decode(self._generate(inputs, **generation))[0]
 
     def caption(self, image: Any, prompt: str | None = None, **generation: Any) -> str:
@@ -120,10 +139,12 @@ class VLM:
         >>> for piece in vlm.stream("cat.jpg", "Describe the cat."):  # doctest: +SKIP
         ...     print(piece, end="")
         """
-        from transformers import TextIteratorStreamer
+        from mllm_nb.backends import _streamer_for
 
-        inputs = self.prepare(images, question)
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pil = self._images(images)
+        inputs = self._inputs(pil, question)
+        generation = self._check_budget(inputs, generation, [pil])
+        streamer = _streamer_for(self.processor.tokenizer)  # per token: the first piece shows at once
         yield from _trimmed(self._run_streaming(inputs, streamer, generation))
 
     def batch_ask(
@@ -142,6 +163,7 @@ class VLM:
         ['circle', 'blue']
         """
         pairs = [_check_item(i, item) for i, item in enumerate(items)]
+        self._warn_multi_image(max((len(images) for images, _ in pairs), default=0))
         answers: list[str] = []
         for chunk in _progress(_chunks(pairs, _check_batch_size(batch_size)), progress, "Answering"):
             answers += self._answer_batch(chunk, generation)
@@ -191,8 +213,7 @@ class VLM:
         >>> inputs = vlm.prepare("cat.jpg", "What is this?")  # doctest: +SKIP
         >>> vlm.model.generate(**inputs, max_new_tokens=8)  # doctest: +SKIP
         """
-        pil = _as_images(images)
-        return self._encode([pil], [self._prompt(len(pil), question)])
+        return self._inputs(_as_images(images), question)
 
     def generation_kwargs(self, **generation: Any) -> dict[str, Any]:
         """The keyword arguments ``generate`` gets: the family defaults updated with ``generation``.
@@ -219,11 +240,42 @@ class VLM:
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def _encode(self, images: list[list[Any]], prompts: list[str]) -> Any:
+    def _images(self, images: Any) -> list[Any]:
+        """``images`` as RGB PIL images in order, with the multi-image warning when there are several."""
+        pil = _as_images(images)
+        self._warn_multi_image(len(pil), stacklevel=4)
+        return pil
+
+    def _inputs(self, pil: list[Any], question: str) -> Any:
+        return self._encode([pil], [self._prompt(len(pil), question)])
+
+    def _process(self, images: list[list[Any]], prompts: list[str]) -> Any:
+        """The processor's output on the CPU: one image list and one prompt per row, left padded."""
         flat = [image for row in images for image in row]
         kwargs: dict[str, Any] = {"padding": True, "padding_side": "left"} if len(prompts) > 1 else {}
-        inputs = self.processor(images=flat or None, text=prompts, return_tensors="pt", **kwargs)
+        payload: Any = flat or None
+        if flat and _groups_images(self.processor):  # OneVision treats a prompt's images together
+            payload = [list(row) for row in images if row]
+        return self.processor(images=payload, text=prompts, return_tensors="pt", **kwargs)
+
+    def _encode(self, images: list[list[Any]], prompts: list[str]) -> Any:
+        inputs = self._process(images, prompts)
         return inputs.to(self.device, dtype=self.dtype) if "pixel_values" in inputs else inputs.to(self.device)
+
+    def _check_budget(self, inputs: Any, generation: dict[str, Any], images: list[list[Any]]) -> dict[str, Any]:
+        """Raise ``BudgetError`` before any forward pass when the prompt can't fit (see ``mllm_nb.context_budget``)."""
+        from mllm_nb.context_budget import check_inputs
+
+        return check_inputs(self, inputs, generation, [[image.size for image in row] for row in images])
+
+    def _warn_multi_image(self, n_images: int, stacklevel: int = 3) -> None:
+        """Warn once per VLM when a prompt with several images goes to a model not trained on them."""
+        if n_images < 2 or self._multi_image_warned:
+            return
+        message = _multi_image_advice(self.name, getattr(self.model.config, "_name_or_path", ""))
+        if message:
+            self._multi_image_warned = True
+            warnings.warn(message, MultiImageWarning, stacklevel=stacklevel)
 
     def _generate(self, inputs: Any, **generation: Any) -> torch.Tensor:
         """Run ``generate`` on prepared inputs; returns only the new token ids (one row per prompt).
@@ -253,6 +305,7 @@ class VLM:
     def _answer_batch(self, pairs: list[tuple[list[Any], str]], generation: dict[str, Any]) -> list[str]:
         prompts = [self._prompt(len(images), question) for images, question in pairs]
         inputs = self._encode([images for images, _ in pairs], prompts)
+        generation = self._check_budget(inputs, generation, [images for images, _ in pairs])
         return self._decode(self._generate(inputs, **generation))
 
     def _run_streaming(self, inputs: Any, streamer: Any, generation: dict[str, Any]) -> Iterator[str]:
@@ -330,6 +383,31 @@ def _trimmed(pieces: Iterable[str]) -> Iterator[str]:
             pending = piece[len(body) :]
         else:
             pending += piece
+
+
+def _multi_image_advice(*names: str) -> str | None:
+    """The warning for a catalog model not trained on several images per prompt; None when unknown or trained."""
+    from mllm_nb import catalog
+
+    entry = next((e for e in map(catalog.get, filter(None, names)) if e is not None), None)
+    if entry is None or entry.trained_multi_image.value is True:
+        return None
+    others = " or ".join(MULTI_IMAGE_MODELS)
+    if entry.trained_multi_image.value is False:
+        return (
+            f"{entry.id} was not trained on prompts with several images ({entry.trained_multi_image.note}), "
+            f"so its answers may mix them up; for multi-image prompts use {others}."
+        )
+    return (
+        f"It is not known whether {entry.id} was trained on prompts with several images "
+        f"({entry.trained_multi_image.note}); if its answers mix them up, use {others}."
+    )
+
+
+def _groups_images(processor: Any) -> bool:
+    """Whether the image processor takes one list of images per prompt (``batch_num_images``: OneVision)."""
+    names = getattr(getattr(processor, "image_processor", None), "model_input_names", None) or ()
+    return "batch_num_images" in names
 
 
 def _as_images(images: Any) -> list[Any]:

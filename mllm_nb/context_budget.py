@@ -1,0 +1,748 @@
+"""What a prompt with images costs before it runs: image tokens, text tokens, context and KV-cache memory.
+
+``budget(vlm_or_model_id, images, question, max_new_tokens)`` returns a :class:`BudgetReport`:
+tokens per image, text tokens, the total against the context length, and the KV cache against the
+memory that is free now. ``VLM.ask`` / ``stream`` / ``batch_ask`` run the same check on the inputs
+they built and raise :class:`BudgetError` before any forward pass instead of an out-of-memory crash or
+a prompt longer than the model's context.
+
+Two ways of counting image tokens:
+
+* **A loaded VLM** (``mllm_nb.load_vlm``): its real processor builds the prompt, so totals are exactly
+  what the model would get (image tokens are counted in ``input_ids``).
+* **A model id** (catalog id, local folder or config): no processor, no download; the processor's
+  rules are applied to the settings in the config (``vision_config.image_size`` / ``patch_size``,
+  ``vision_feature_select_strategy``, ``image_grid_pinpoints``, ``vision_aspect_ratio``):
+
+  - ``llava`` (LLaVA-1.5, LLaVA-Interleave): ``(image_size // patch_size)**2`` per image, +1 for the CLS
+    token of a CLIP tower (the processor's ``num_additional_image_tokens``), -1 with the ``"default"``
+    strategy (CLS dropped): 576 for LLaVA-1.5, 729 for Interleave, whatever the image size.
+  - ``llava_next`` (anyres): transformers' own ``LlavaNextProcessor._get_number_of_features``: the base
+    image, plus the best crop grid from ``image_grid_pinpoints`` unpadded to the aspect ratio, plus one
+    newline token per feature row.
+  - ``llava_onevision``: ``LlavaOnevisionProcessor._get_number_of_features`` (anyres_max_9) for an image
+    alone in its prompt; ``(image_size // patch_size)**2 + 1`` per image when a prompt holds several.
+  - ``honeybee``: ``config.num_visual_tokens`` per image.
+
+  Text tokens are then estimated (no tokenizer): ``TEMPLATE_TOKENS`` for the chat template plus one
+  token per ``CHARS_PER_TOKEN`` characters of the question and ``IMAGE_SEPARATOR_TOKENS`` per image.
+
+>>> report = budget("llava-hf/llava-v1.6-vicuna-7b-hf", [(1000, 800)] * 3, "Compare the images.")
+>>> report.image_tokens, report.context_length, report.fits
+((2438, 2438, 2438), 4096, False)
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from mllm_nb.errors import MllmNbError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+TEMPLATE_TOKENS = 32  # chat-template tokens of one user turn (role markers, system line), an upper estimate
+CHARS_PER_TOKEN = 3  # English BPE averages ~4 characters per token; 3 errs on the long side
+IMAGE_SEPARATOR_TOKENS = 2  # the newline or space a template writes after each image placeholder
+DEFAULT_QUESTION = "Describe the image."
+_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+_ANYRES = ("llava_next", "llava_onevision")
+
+
+class BudgetError(MllmNbError, ValueError):
+    """A prompt does not fit the model's context or the free memory; ``.report`` holds the numbers.
+
+    >>> str(BudgetError("3 images need 8,784 tokens but the context is 4,096; use fewer images."))[:8]
+    '3 images'
+    """
+
+    def __init__(self, report_or_message: BudgetReport | str) -> None:
+        self.report = report_or_message if isinstance(report_or_message, BudgetReport) else None
+        message = report_or_message.summary() if self.report is not None else str(report_or_message)
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------- image-token rules
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The settings that decide how many LLM tokens one image becomes (a processor's, or a config's)."""
+
+    family: str  # llava, llava_next, llava_onevision, or "fixed" (Honeybee, unknown models)
+    patch_size: int = 14
+    processed: tuple[int, int] = (336, 336)  # (height, width) each image or crop is resized to
+    extra_tokens: int = 0  # num_additional_image_tokens: the CLS token of a CLIP tower
+    strategy: str = "default"  # vision_feature_select_strategy; "default" drops the CLS feature
+    pinpoints: tuple[tuple[int, int], ...] = ()
+    aspect_ratio: str = "anyres_max_9"
+    base_tokens: int = 0  # OneVision's num_image_tokens: features of the base image
+    fixed: int = 0  # tokens per image for the "fixed" family
+    source: str = "config"
+
+    @property
+    def anyres(self) -> bool:
+        return self.family in _ANYRES
+
+    def per_image(self, size: tuple[int, int], n_in_prompt: int = 1) -> int:
+        """Tokens of one ``(width, height)`` image in a prompt holding ``n_in_prompt`` images."""
+        drop = 1 if self.strategy == "default" else 0
+        height, width = self.processed
+        if self.family == "llava":
+            return (height // self.patch_size) * (width // self.patch_size) + self.extra_tokens - drop
+        if self.family == "llava_next":
+            counter = _counter("LlavaNextProcessor", patch_size=self.patch_size,
+                               num_additional_image_tokens=self.extra_tokens, pinpoints=self.pinpoints)
+            return counter._get_number_of_features(size[1], size[0], height, width) - drop
+        if self.family == "llava_onevision":
+            if n_in_prompt > 1:
+                return self.base_tokens + 1 - drop  # several images: base features + one newline each
+            counter = _counter("LlavaOnevisionProcessor", num_image_tokens=self.base_tokens,
+                               vision_aspect_ratio=self.aspect_ratio, pinpoints=self.pinpoints)
+            return counter._get_number_of_features(size[1], size[0], height, width) - drop
+        return self.fixed
+
+
+def _counter(class_name: str, pinpoints: tuple[tuple[int, int], ...], **settings: Any) -> Any:
+    """An object carrying a transformers processor's own feature-count methods and the settings they read.
+
+    No tokenizer or image processor is built: only ``_get_number_of_features`` and
+    ``_get_unpadded_features`` of the processor class, with ``image_grid_pinpoints`` from the config.
+    """
+    import transformers
+
+    cls = getattr(transformers, class_name)
+    methods = {name: getattr(cls, name) for name in ("_get_number_of_features", "_get_unpadded_features")}
+    counter = type(f"_{class_name}Rules", (), methods)()
+    grid = [list(p) for p in pinpoints]
+    counter.__dict__.update(settings, image_processor=SimpleNamespace(image_grid_pinpoints=grid))
+    return counter
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    """``obj.key`` or ``obj[key]`` (configs, dicts, SizeDicts)."""
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _rules_from_config(config: Any, fixed_fallback: int = 0) -> _Rules:
+    """The processor rules implied by a model config (see the module docstring)."""
+    model_type = getattr(config, "model_type", "")
+    if model_type == "honeybee":
+        return _Rules("fixed", fixed=int(config.num_visual_tokens))
+    vision = getattr(config, "vision_config", None)
+    patch, size = _get(vision, "patch_size"), _get(vision, "image_size")
+    if model_type not in ("llava", *_ANYRES) or not patch or not size:
+        fixed = fixed_fallback or int(getattr(config, "image_seq_length", 0) or 0)
+        return _Rules("fixed", fixed=fixed)
+    return _Rules(
+        family=model_type,
+        patch_size=int(patch),
+        processed=(int(size), int(size)),
+        extra_tokens=1 if _get(vision, "model_type") == "clip_vision_model" else 0,
+        strategy=str(getattr(config, "vision_feature_select_strategy", "default") or "default"),
+        pinpoints=tuple(tuple(int(v) for v in p) for p in (getattr(config, "image_grid_pinpoints", None) or ())),
+        aspect_ratio=str(getattr(config, "vision_aspect_ratio", None) or "anyres_max_9"),
+        base_tokens=(int(size) // int(patch)) ** 2,
+    )
+
+
+def _processed_size(image_processor: Any) -> tuple[int, int] | None:
+    """(height, width) a processor resizes each image or crop to: its crop size, else its size."""
+    crop = _get(image_processor, "crop_size")
+    if _get(image_processor, "do_center_crop") and _get(crop, "height"):
+        return int(_get(crop, "height")), int(_get(crop, "width"))
+    size = _get(image_processor, "size")
+    if _get(size, "height"):
+        return int(_get(size, "height")), int(_get(size, "width"))
+    if _get(size, "shortest_edge"):
+        return int(_get(size, "shortest_edge")), int(_get(size, "shortest_edge"))
+    return None
+
+
+def _rules_from_processor(processor: Any, config: Any) -> _Rules:
+    """The config's rules with every setting the loaded processor states itself taking precedence."""
+    if getattr(processor, "num_visual_tokens", None):  # Honeybee
+        return _Rules("fixed", fixed=int(processor.num_visual_tokens), source="processor")
+    rules = _rules_from_config(config)
+    if rules.family == "fixed":
+        return rules
+    image_processor = getattr(processor, "image_processor", None)
+    updates: dict[str, Any] = {"source": "processor"}
+    for field_name, attr in (("patch_size", "patch_size"), ("extra_tokens", "num_additional_image_tokens"),
+                             ("base_tokens", "num_image_tokens")):
+        if isinstance(getattr(processor, attr, None), int):
+            updates[field_name] = int(getattr(processor, attr))
+    for field_name, attr in (("strategy", "vision_feature_select_strategy"), ("aspect_ratio", "vision_aspect_ratio")):
+        if isinstance(getattr(processor, attr, None), str):
+            updates[field_name] = getattr(processor, attr)
+    pinpoints = _get(image_processor, "image_grid_pinpoints")
+    if pinpoints and rules.anyres:
+        updates["pinpoints"] = tuple(tuple(int(v) for v in p) for p in pinpoints)
+    processed = _processed_size(image_processor)
+    if processed:
+        updates["processed"] = processed
+    return replace(rules, **updates)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _gb(num: float) -> str:
+    """Bytes as decimal GB with two decimals (MB below 0.01 GB).
+
+    >>> _gb(4_036_701_768), _gb(3_200_000)
+    ('4.04 GB', '3.2 MB')
+    """
+    return f"{num / 1e9:.2f} GB" if abs(num) >= 1e7 else f"{num / 1e6:.1f} MB"
+
+
+@dataclass(frozen=True)
+class BudgetReport:
+    """The token and memory budget of one prompt (or of the longest prompt of a batch).
+
+    ``image_tokens`` has one entry per image in prompt order (empty when the breakdown is unknown);
+    ``kv_bytes`` covers ``rows`` prompts of ``prompt_width`` tokens plus ``max_new_tokens``;
+    ``problems`` says what does not fit and what to do; ``fits`` is True when there is none.
+
+    >>> r = budget("llava-hf/llava-1.5-7b-hf", [(640, 480)], "What is this?", max_new_tokens=64)
+    >>> r.image_tokens, r.context_length, r.fits
+    ((576,), 4096, True)
+    """
+
+    model: str
+    source: str
+    image_sizes: tuple[tuple[int, int], ...]
+    image_tokens: tuple[int, ...]
+    image_tokens_total: int
+    text_tokens: int
+    text_exact: bool
+    max_new_tokens: int
+    context_length: int | None
+    kv_bytes_per_token: int
+    activation_bytes: int
+    free_bytes: int | None
+    memory: str
+    dtype: str
+    rows: int = 1
+    prompt_width: int = 0
+    anyres: bool = False
+    notes: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def n_images(self) -> int:
+        """Images in the prompt.
+
+        >>> budget("llava-hf/llava-1.5-7b-hf", [(64, 64)] * 2).n_images
+        2
+        """
+        return max(len(self.image_sizes), len(self.image_tokens))
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Image tokens + text tokens of the prompt."""
+        return self.image_tokens_total + self.text_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """The prompt plus ``max_new_tokens``: what must fit the context."""
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def kv_bytes(self) -> int:
+        """KV cache of the whole generation: ``rows x (prompt width + max_new_tokens) x per-token bytes``."""
+        return self.kv_bytes_per_token * self.rows * (max(self.prompt_width, self.prompt_tokens) + self.max_new_tokens)
+
+    @property
+    def need_bytes(self) -> int:
+        """KV cache + the prefill activations of one decoder layer."""
+        return self.kv_bytes + self.activation_bytes
+
+    @property
+    def fits(self) -> bool:
+        """True when nothing exceeds the context or the free memory."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line: the verdict, or the problems with their fixes.
+
+        >>> budget("llava-hf/llava-1.5-7b-hf", [(64, 64)], "What is it?").summary()[:40]
+        'llava-hf/llava-1.5-7b-hf: 1 image(s), 87'
+        """
+        if self.problems:
+            return f"{self.model}: " + "; also ".join(self.problems)
+        context = f" of a {self.context_length:,}-token context" if self.context_length else ""
+        return (
+            f"{self.model}: {self.n_images} image(s), {self.total_tokens:,} tokens{context}, "
+            f"{_gb(self.need_bytes)} KV cache and activations ({self.memory}: {self._free_text()}): fits."
+        )
+
+    def raise_if_over(self) -> BudgetReport:
+        """Return self when it fits, else raise :class:`BudgetError` with the numbers and the fix.
+
+        >>> budget("llava-hf/llava-1.5-7b-hf", [(64, 64)]).raise_if_over().fits
+        True
+        """
+        if self.problems:
+            raise BudgetError(self)
+        return self
+
+    def _free_text(self) -> str:
+        return "unknown" if self.free_bytes is None else f"{_gb(self.free_bytes)} free"
+
+    def rows_table(self) -> list[tuple[str, str]]:
+        """(label, value) pairs shown by ``str()`` and the HTML table.
+
+        >>> budget("llava-hf/llava-1.5-7b-hf", [(64, 64)]).rows_table()[0][0]
+        'images'
+        """
+        images = f"{self.n_images} image(s): {self.image_tokens_total:,} tokens"
+        if self.image_tokens:
+            each = [f"{tokens:,}" for tokens in self.image_tokens]
+            if len(self.image_sizes) == len(each):
+                each = [f"{text} for {w}x{h}" for text, (w, h) in zip(each, self.image_sizes)]
+            images += f" ({', '.join(each)})"
+        text = f"{self.text_tokens:,}" + ("" if self.text_exact else " (estimated, no tokenizer)")
+        context = f"{self.total_tokens:,}" + (f" of {self.context_length:,}" if self.context_length else "")
+        batch = f" for {self.rows} prompts" if self.rows > 1 else ""
+        return [
+            ("images", images),
+            ("text", text),
+            ("new tokens", f"{self.max_new_tokens:,} (max_new_tokens)"),
+            ("context", context + " tokens"),
+            ("KV cache", f"{_gb(self.kv_bytes)}{batch} ({self.dtype}, {self.kv_bytes_per_token:,} bytes per token)"),
+            ("memory", f"{_gb(self.need_bytes)} with prefill activations; {self.memory}: {self._free_text()}"),
+            ("counted by", self.source),
+        ]
+
+    def __str__(self) -> str:
+        table = self.rows_table()
+        width = max(len(label) for label, _ in table)
+        lines = [f"Budget of {self.model}: {'fits' if self.fits else 'does not fit'}"]
+        lines += [f"  {label.ljust(width)}  {value}" for label, value in table]
+        if self.problems:
+            lines += ["Problems:"] + [f"  - {p}" for p in self.problems]
+        if self.notes:
+            lines += ["Notes:"] + [f"  - {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        color = "#1a7f37" if self.fits else "#cf222e"
+        head = f"<b>{esc(self.model)}</b> <b style='color:{color}'>{'fits' if self.fits else 'does not fit'}</b>"
+        cells = "".join(
+            f"<tr><th style='text-align:left'>{esc(label)}</th><td style='text-align:left'>{esc(value)}</td></tr>"
+            for label, value in self.rows_table()
+        )
+        parts = [f"<div>{head}<table>{cells}</table>"]
+        for title, items in (("Problems", self.problems), ("Notes", self.notes)):
+            if items:
+                parts.append(f"<b>{title}</b><ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
+        return "".join(parts) + "</div>"
+
+
+def _fixes(report: BudgetReport, memory: bool, new_tokens: bool = True) -> str:
+    """What to do, in the order that helps most."""
+    fixes = ["use fewer or smaller images"]
+    if report.anyres:
+        fixes.append(
+            "fewer anyres tiles (a shorter image_grid_pinpoints, set the same on the processor's image_processor "
+            "and the model config)"
+        )
+    if memory and report.rows > 1:
+        fixes.append("a smaller batch_size")
+    if new_tokens:
+        fixes.append("a smaller max_new_tokens")
+    return fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + " or " + fixes[-1]
+
+
+def _problems(report: BudgetReport) -> tuple[str, ...]:
+    """The context and memory problems of ``report``, each with its numbers and its fix."""
+    found = []
+    images = f"{report.n_images} image(s) = {report.image_tokens_total:,} image tokens + {report.text_tokens:,} text"
+    context = report.context_length
+    if context and report.prompt_tokens > context:
+        found.append(
+            f"the prompt needs {report.prompt_tokens:,} tokens ({images}), more than the {context:,}-token context; "
+            + _fixes(report, memory=False, new_tokens=False)
+        )
+    elif context and report.total_tokens > context:
+        found.append(
+            f"the prompt ({report.prompt_tokens:,} tokens: {images}) plus max_new_tokens={report.max_new_tokens:,} "
+            f"exceeds the {context:,}-token context; use max_new_tokens <= {context - report.prompt_tokens:,}, "
+            + _fixes(report, memory=False)
+        )
+    if report.free_bytes is not None and report.need_bytes > report.free_bytes:
+        per_row = max(report.prompt_width, report.prompt_tokens) + report.max_new_tokens
+        found.append(
+            f"the KV cache ({_gb(report.kv_bytes)} for {report.rows} x {per_row:,} tokens) and prefill activations "
+            f"({_gb(report.activation_bytes)}) need {_gb(report.need_bytes)} but {report.memory} has only "
+            f"{_gb(report.free_bytes)} free; " + _fixes(report, memory=True)
+        )
+    return tuple(found)
+
+
+def _finish(report: BudgetReport) -> BudgetReport:
+    return replace(report, problems=_problems(report))
+
+
+# --------------------------------------------------------------------------- memory and model facts
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    return getter(decoder=True) if getter is not None else config
+
+
+def _context_from_config(config: Any) -> int | None:
+    value = getattr(_text_config(config), "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def _activation_bytes(config: Any, tokens: int, dtype: str) -> int:
+    """Prefill activations of one decoder layer, as ``mllm_nb.plan`` counts them."""
+    text = _text_config(config)
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    intermediate = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
+    return tokens * (6 * hidden + 3 * intermediate) * _DTYPE_BYTES.get(dtype, 2)
+
+
+def _kv_per_token(config: Any, dtype: str) -> int:
+    from mllm_nb.plan import kv_bytes_per_token
+
+    return kv_bytes_per_token(config, dtype if dtype in ("float16", "bfloat16", "float32") else "float16")
+
+
+def free_memory(device: Any = None) -> tuple[int | None, str]:
+    """``(bytes, where)`` free for new tensors on ``device``: CUDA free memory, else available system RAM.
+
+    On CUDA this is ``torch.cuda.mem_get_info`` plus what PyTorch's allocator holds but does not use.
+
+    >>> free, where = free_memory("cpu")
+    >>> where
+    'system RAM'
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, _ = torch.cuda.mem_get_info(index)
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        return int(free + max(cached, 0)), f"GPU cuda:{index}"
+    try:
+        import psutil
+    except ImportError:
+        return None, "system RAM"
+    return int(psutil.virtual_memory().available), "system RAM"
+
+
+# --------------------------------------------------------------------------- images and sizes
+
+
+def _is_size(item: Any) -> bool:
+    return (
+        isinstance(item, tuple) and len(item) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)
+    )
+
+
+def _sizes_and_images(images: Any) -> tuple[list[tuple[int, int]], list[Image.Image | None]]:
+    """``(width, height)`` sizes and loaded images (None where only a size was given), in order."""
+    from mllm_nb.images import load_image, load_images
+
+    if images is None or isinstance(images, (list, tuple)) and len(images) == 0:
+        return [], []
+    if _is_size(images):
+        return [images], [None]
+    if not isinstance(images, (list, tuple)):
+        loaded = load_images(images)
+        return [im.size for im in loaded], list(loaded)
+    sizes, pictures = [], []
+    for item in images:
+        picture = None if _is_size(item) else load_image(item)
+        sizes.append(item if picture is None else picture.size)
+        pictures.append(picture)
+    return sizes, pictures
+
+
+# --------------------------------------------------------------------------- a loaded VLM
+
+
+def _image_token_id(vlm: Any) -> int | None:
+    for owner, name in ((vlm.processor, "image_token_id"), (vlm.model.config, "image_token_id"),
+                        (vlm.model.config, "image_token_index")):
+        value = getattr(owner, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _breakdown(rules: _Rules, sizes: Sequence[tuple[int, int]], observed: int) -> tuple[tuple[int, ...], str | None]:
+    """Per-image tokens by ``rules``, kept only when they add up to what the processor produced."""
+    if not sizes:
+        return (), None
+    try:
+        counts = tuple(rules.per_image(size, len(sizes)) for size in sizes)
+    except (AttributeError, TypeError, ValueError, KeyError, ZeroDivisionError) as err:
+        # e.g. a transformers version whose processor lacks the counting methods: the total still holds
+        return (), f"no per-image breakdown ({type(err).__name__}); the total is the processor's"
+    if sum(counts) != observed:
+        note = f"the per-image rules give {sum(counts):,} tokens, the processor {observed:,}"
+        return (), note + "; the total is the processor's"
+    return counts, None
+
+
+def inputs_report(
+    vlm: Any,
+    inputs: Any,
+    max_new_tokens: int,
+    image_sizes: Sequence[Sequence[tuple[int, int]]] = (),
+) -> BudgetReport:
+    """The budget of prepared ``inputs`` (one row per prompt): counted in ``input_ids``, no forward pass.
+
+    ``image_sizes`` holds the ``(width, height)`` of each row's images, for the per-image breakdown
+    of the longest row.
+
+    >>> report = inputs_report(vlm, vlm.prepare("cat.jpg", "What is it?"), 64)  # doctest: +SKIP
+    """
+    ids = inputs["input_ids"]
+    mask = inputs.get("attention_mask")
+    lengths = (mask.sum(dim=1) if mask is not None else ids.new_full((ids.shape[0],), ids.shape[1])).tolist()
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    token_id = _image_token_id(vlm)
+    image_total = int((ids[longest] == token_id).sum()) if token_id is not None else 0
+    sizes = list(image_sizes[longest]) if longest < len(image_sizes) else []
+    rules = _rules_from_processor(vlm.processor, vlm.model.config)
+    per_image, note = _breakdown(rules, sizes, image_total)
+    dtype = _dtype_name(vlm.dtype)
+    width = int(ids.shape[1])
+    free, where = free_memory(vlm.device)
+    report = BudgetReport(
+        model=vlm.name or str(getattr(vlm.model, "name_or_path", "") or type(vlm.model).__name__),
+        source=f"{type(vlm.processor).__name__} (the loaded processor; image tokens counted in input_ids)",
+        image_sizes=tuple(tuple(s) for s in sizes),
+        image_tokens=per_image,
+        image_tokens_total=image_total,
+        text_tokens=int(lengths[longest]) - image_total,
+        text_exact=True,
+        max_new_tokens=int(max_new_tokens),
+        context_length=_context_from_config(vlm.model.config),
+        kv_bytes_per_token=_kv_per_token(vlm.model.config, dtype),
+        activation_bytes=_activation_bytes(vlm.model.config, len(lengths) * width, dtype),
+        free_bytes=free,
+        memory=where,
+        dtype=dtype,
+        rows=len(lengths),
+        prompt_width=width,
+        anyres=rules.anyres,
+        notes=(note,) if note else (),
+    )
+    return _finish(report)
+
+
+def check_inputs(
+    vlm: Any,
+    inputs: Any,
+    generation: dict[str, Any],
+    image_sizes: Sequence[Sequence[tuple[int, int]]] = (),
+) -> dict[str, Any]:
+    """Refuse with :class:`BudgetError` before any forward pass when ``inputs`` cannot fit; return ``generation``.
+
+    A default ``max_new_tokens`` (one the caller did not pass) is lowered to what the context leaves
+    after the prompt; one the caller passed is kept, and refused when it does not fit.
+
+    >>> generation = check_inputs(vlm, vlm.prepare("cat.jpg", "What is it?"), {})  # doctest: +SKIP
+    """
+    wanted = vlm.generation_kwargs(**generation)["max_new_tokens"]
+    report = inputs_report(vlm, inputs, wanted, image_sizes)
+    context = report.context_length
+    if "max_new_tokens" not in generation and context and report.prompt_tokens < context < report.total_tokens:
+        generation = {**generation, "max_new_tokens": context - report.prompt_tokens}
+        report = _finish(replace(report, max_new_tokens=context - report.prompt_tokens))
+    report.raise_if_over()
+    return generation
+
+
+def _vlm_budget(vlm: Any, images: Any, question: str, max_new_tokens: int | None) -> BudgetReport:
+    from PIL import Image
+
+    sizes, pictures = _sizes_and_images(images)
+    pil = [p if p is not None else Image.new("RGB", s) for p, s in zip(pictures, sizes)]
+    features = vlm._process([pil], [vlm._prompt(len(pil), question)])
+    wanted = vlm.generation_kwargs(**({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}))
+    return inputs_report(vlm, features, wanted["max_new_tokens"], [sizes])
+
+
+# --------------------------------------------------------------------------- a model id
+
+
+def _estimated_text_tokens(question: str, n_images: int) -> int:
+    return TEMPLATE_TOKENS + math.ceil(len(question) / CHARS_PER_TOKEN) + IMAGE_SEPARATOR_TOKENS * n_images
+
+
+def _resolve(model: Any) -> Any:
+    from mllm_nb.plan import _register_project_models, _resolve_model
+
+    _register_project_models()  # catalog Honeybee configs need their model type registered
+    return _resolve_model(model)
+
+
+def _default_dtype() -> str:
+    from mllm_nb.hardware import best_dtype
+
+    return _dtype_name(best_dtype())
+
+
+def _model_budget(model: Any, images: Any, question: str, max_new_tokens: int | None, dtype: Any) -> BudgetReport:
+    resolved = _resolve(model)
+    entry, config = resolved.entry, resolved.config
+    rules = _rules_from_config(config, entry.image_tokens.max if entry is not None else 0)
+    sizes, _ = _sizes_and_images(images)
+    per_image = tuple(rules.per_image(size, len(sizes)) for size in sizes)
+    dtype_name = _dtype_name(dtype) if dtype is not None else _default_dtype()
+    new = 256 if max_new_tokens is None else int(max_new_tokens)
+    text = _estimated_text_tokens(question, len(sizes))
+    free, where = free_memory()
+    notes = ["the weights are not counted (the model is not loaded); mllm_nb.fit() plans those"]
+    if rules.family == "fixed" and getattr(config, "model_type", "") != "honeybee":
+        notes.append("no processor rule is known for this model: the catalog's most tokens per image are used")
+    described = {"fixed": "fixed tokens per image"}.get(rules.family, f"the {rules.family} processor rules")
+    origin = resolved.source.replace("catalog", "catalog config")
+    report = BudgetReport(
+        model=resolved.model_id,
+        source=f"{described} applied to the {origin} (no processor loaded)",
+        image_sizes=tuple(sizes),
+        image_tokens=per_image,
+        image_tokens_total=sum(per_image),
+        text_tokens=text,
+        text_exact=False,
+        max_new_tokens=new,
+        context_length=entry.context_length if entry is not None else _context_from_config(config),
+        kv_bytes_per_token=_kv_per_token(config, dtype_name),
+        activation_bytes=_activation_bytes(config, sum(per_image) + text, dtype_name),
+        free_bytes=free,
+        memory=where,
+        dtype=dtype_name,
+        anyres=rules.anyres,
+        notes=tuple(notes),
+    )
+    return _finish(report)
+
+
+def _is_vlm(model: Any) -> bool:
+    return hasattr(model, "model") and hasattr(model, "processor") and hasattr(model, "_prompt")
+
+
+def budget(
+    model: Any,
+    images: Any = None,
+    question: str = DEFAULT_QUESTION,
+    max_new_tokens: int | None = None,
+    *,
+    dtype: Any = None,
+) -> BudgetReport:
+    """What ``question`` about ``images`` costs on ``model``: tokens per image, context and KV-cache memory.
+
+    ``model`` is a loaded :class:`~mllm_nb.vlm.VLM` (its processor counts, exactly) or a catalog id,
+    local checkpoint folder or config (the processor's rules applied to the config; see the module
+    docstring). ``images`` are anything ``load_image`` accepts, or ``(width, height)`` sizes.
+    ``max_new_tokens`` defaults to what ``VLM.ask`` uses (256). ``dtype`` (model ids only) sizes the
+    KV cache; by default the dtype this machine would compute in.
+
+    >>> r = budget("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", [(768, 768)])
+    >>> r.image_tokens
+    (3699,)
+    >>> budget("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", [(768, 768)] * 2).image_tokens
+    (730, 730)
+    """
+    if not isinstance(question, str):
+        raise BudgetError(f"question must be a string; got a {type(question).__name__}.")
+    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                       or max_new_tokens < 0):
+        raise BudgetError(f"max_new_tokens must be a non-negative integer; got {max_new_tokens!r}.")
+    if _is_vlm(model):
+        return _vlm_budget(model, images, question, max_new_tokens)
+    return _model_budget(model, images, question, max_new_tokens, dtype)
+
+
+# --------------------------------------------------------------------------- the plot
+
+
+def _default_models() -> list[str]:
+    """One catalog model per distinct image-token rule (LLaVA-1.5, NeXT, OneVision, Interleave, Honeybee)."""
+    from mllm_nb import catalog
+
+    seen, chosen = set(), []
+    for entry in catalog.entries():
+        config = entry.config
+        if config.get("model_type") not in ("llava", *_ANYRES, "honeybee"):
+            continue
+        tokens = entry.image_tokens
+        key = (config.get("model_type"), tokens.base, tokens.max, tokens.multi)
+        if key not in seen:
+            seen.add(key)
+            chosen.append(entry.id)
+    return chosen
+
+
+def plot_image_tokens(
+    model_ids: Sequence[Any] | None = None,
+    image_size: tuple[int, int] = (1024, 768),
+) -> Figure:
+    """Bars of the LLM tokens one ``image_size`` image costs on each model, alone and among several images.
+
+    ``model_ids`` are catalog ids, folders, configs or loaded VLMs; by default one catalog model per
+    family rule (LLaVA-1.5, LLaVA-NeXT, OneVision, Interleave, and Honeybee when the catalog has it).
+    Returns a matplotlib Figure not registered with pyplot (put it last in a cell to show it).
+
+    >>> fig = plot_image_tokens(["llava-hf/llava-1.5-7b-hf", "llava-hf/llava-v1.6-mistral-7b-hf"], (800, 600))
+    """
+    import numpy as np
+
+    from mllm_nb.display import DisplayError, _new_figure
+
+    if not _is_size(tuple(image_size)):
+        raise DisplayError(f"image_size must be (width, height) in pixels; got {image_size!r}.")
+    size = tuple(image_size)
+    ids = list(model_ids) if model_ids is not None else _default_models()
+    if not ids:
+        raise DisplayError("No models to plot: pass catalog ids such as 'llava-hf/llava-1.5-7b-hf'.")
+    names = [m if isinstance(m, str) else getattr(m, "name", "") or type(m).__name__ for m in ids]
+    alone = [budget(m, [size], max_new_tokens=0).image_tokens[0] for m in ids]
+    among = [budget(m, [size, size], max_new_tokens=0).image_tokens[0] for m in ids]
+    fig = _new_figure(8.0, 0.7 * len(ids) + 1.4, names)
+    ax = fig.add_subplot()
+    y = np.arange(len(ids))
+    for offset, values, label, color in ((-0.2, alone, "alone in the prompt", "#4C72B0"),
+                                         (0.2, among, "each of several images", "#DD8452")):
+        bars = ax.barh(y + offset, values, height=0.4, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{v:,}" for v in values], padding=3, fontsize=9)
+    ax.set_yticks(y, [n.rpartition("/")[2] for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("LLM tokens per image")
+    ax.set_xlim(0, max(alone + among) * 1.18 or 1)
+    ax.set_title(f"Tokens per {size[0]}x{size[1]} image")
+    ax.legend(loc="lower right", fontsize=9)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig
+
+
+__all__ = ["BudgetError", "BudgetReport", "budget", "check_inputs", "free_memory", "inputs_report", "plot_image_tokens"]
