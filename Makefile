@@ -46,7 +46,7 @@ $(STAMP7): Makefile
 
 test: $(STAMP) $(STAMP7)
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
-		-p no:cacheprovider
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
 	$(MAKE) --no-print-directory test-ipywidgets7
 
 test-ipywidgets7: $(STAMP7)
@@ -58,6 +58,7 @@ demo: $(STAMP)
 # Maintenance: retrain the committed fixture models (seeded) and refresh the stored notebook outputs.
 fixtures: $(STAMP)
 	$(PY) -m mllm_nb.demo.train_clip
+	$(PY) -m mllm_nb.demo.train_llava
 
 notebooks: $(STAMP)
 	$(PY) tools/refresh_notebooks.py
