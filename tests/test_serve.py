@@ -81,6 +81,20 @@ def backend_for(server: ServeProcess, timeout: float = 30.0) -> OpenAIBackend:
     return OpenAIBackend(server.url, model=server.model, max_retries=0, timeout=timeout)
 
 
+class LongAnswers(OpenAIBackend):
+    """Asks for exactly ``max_new_tokens`` tokens, so a panel's reply is long enough to stop or to break
+    (the trained demo fixture would otherwise end its answer after a word or two)."""
+
+    def stream(self, chat, images=None, **settings):
+        tokens = settings.get("max_new_tokens") or 256
+        settings.setdefault("generation_config", json.dumps({"min_new_tokens": tokens}))
+        return super().stream(chat, images, **settings)
+
+
+def long_backend_for(server: ServeProcess, timeout: float = 30.0) -> LongAnswers:
+    return LongAnswers(server.url, model=server.model, max_retries=0, timeout=timeout)
+
+
 # ------------------------------------------------------------------------------------ answers
 
 
@@ -128,7 +142,7 @@ def test_stop_ends_the_stream_and_the_server_stops_generating(server):
     assert backend.ask("w1", images=circle(), max_new_tokens=2)
     assert time.monotonic() - started < 1.5
 
-    panel = ChatPanel(backend)
+    panel = ChatPanel(long_backend_for(server))
     panel.max_tokens_slider.value = 1500
     assert panel.send(QUESTION, images=circle(), wait=False) is None
     deadline = time.monotonic() + 20
@@ -191,7 +205,7 @@ def test_the_server_stopping_mid_conversation_is_a_clear_error_and_the_panel_rec
     process = ServeProcess(model_dir, log_path=tmp_path / "serve.log")
     request.addfinalizer(process.stop)
     process.start(timeout=60)
-    backend = backend_for(process, timeout=20)
+    backend = long_backend_for(process, timeout=20)
     panel = ChatPanel(backend, max_new_tokens=6)
     first = panel.send(QUESTION, images=circle())
     assert first and panel.error is None
