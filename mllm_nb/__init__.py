@@ -58,7 +58,7 @@ _EXPORTS: dict[str, str] = {
     "BudgetError": "mllm_nb.context_budget",
     "plot_image_tokens": "mllm_nb.context_budget",
     "MultiImageWarning": "mllm_nb.vlm",
-    "ocr": "mllm_nb.ocr",
+    "ocr": "mllm_nb.text_reading",
     "cer": "mllm_nb.metrics",
     "wer": "mllm_nb.metrics",
 }
@@ -66,7 +66,7 @@ _EXPORTS: dict[str, str] = {
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
 _SUBMODULES = {
     "backends", "catalog", "chat", "clip", "cli", "context_budget", "demo", "display", "errors", "hardware",
-    "honeybee", "images", "loading", "metrics", "plan", "samples", "vlm", "widgets",
+    "honeybee", "images", "loading", "metrics", "plan", "samples", "text_reading", "vlm", "widgets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

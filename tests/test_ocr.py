@@ -1,4 +1,4 @@
-"""mllm_nb.metrics (CER / WER) and mllm_nb.ocr (reading text with a VLM)."""
+"""mllm_nb.metrics (CER / WER) and mllm_nb.text_reading (mn.ocr: reading text with a VLM)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 from mllm_nb.errors import MllmNbError
 from mllm_nb.metrics import MetricError, cer, edit_distance, wer
-from mllm_nb.ocr import OCR_PROMPT, OcrError, ocr, ocr_folder
+from mllm_nb.text_reading import OCR_PROMPT, OcrError, ocr, ocr_folder
 
 # ------------------------------------------------------------------------------------ metrics
 
