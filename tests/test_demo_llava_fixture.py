@@ -282,3 +282,12 @@ def test_training_smoke_produces_a_loadable_folder(tmp_path: Path) -> None:
     prompt = proc.apply_chat_template(_messages(qa.question), add_generation_prompt=True)
     out = _generate(loaded, proc(images=qa.images, text=prompt, return_tensors="pt"), max_new_tokens=3)
     assert out.shape[0] == 1
+
+
+def test_command_line_settings_keep_the_other_defaults() -> None:
+    from mllm_nb.demo.train_llava import DEFAULT_OUT, TrainSettings
+    from mllm_nb.demo.training import settings_from_command_line
+
+    out, settings = settings_from_command_line("t", TrainSettings(), DEFAULT_OUT, ["--steps", "7", "--seed", "3"])
+    assert out == DEFAULT_OUT and (settings.steps, settings.seed) == (7, 3)
+    assert settings.batch_size == TrainSettings().batch_size and settings.rope_type == TrainSettings().rope_type

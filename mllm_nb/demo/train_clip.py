@@ -8,16 +8,13 @@ zero-shot answers over the 12 shape classes are checkable, in English and in Kor
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
@@ -26,6 +23,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 
 from mllm_nb.demo.clip_tokenizer import build_clip_tokenizer
 from mllm_nb.demo.shapes import CLASSES, class_label, class_labels, make_classification_set
+from mllm_nb.demo.training import lr_factor, optimizer_step, seed_everything, settings_from_command_line, torch_threads
 
 FIXTURE_NAME = "mllm-nb/tiny-clip-shapes"
 DEFAULT_OUT = Path(__file__).resolve().parent / "fixtures" / "tiny-clip"
@@ -147,14 +145,6 @@ def multi_positive_clip_loss(logits_per_image: torch.Tensor, labels: torch.Tenso
     return (loss_i + loss_t) / 2
 
 
-def _lr_factor(step: int, settings: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak rate."""
-    if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(settings.steps - settings.warmup_steps, 1)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def make_optimizer(model: CLIPModel, settings: TrainSettings) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on embeddings, norms, biases or the logit scale)."""
     decay, no_decay = [], []
@@ -162,13 +152,6 @@ def make_optimizer(model: CLIPModel, settings: TrainSettings) -> torch.optim.Ada
         (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98))
-
-
-def _seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def _sample_batch(
@@ -187,12 +170,13 @@ def train_model(
     model: CLIPModel, tokenizer: CLIPTokenizer, processor: CLIPProcessor, settings: TrainSettings
 ) -> None:
     """Contrastive training on (synthetic image, random caption of its class) pairs."""
-    generator = _seed_everything(settings.seed)
+    generator = seed_everything(settings.seed)
     pixels, labels = build_pool(settings, processor)
     ids, mask, caption_class = encode_captions(tokenizer)
     captions_by_class = torch.stack([torch.nonzero(caption_class == k).flatten() for k in range(len(CLASSES))])
     optimizer = make_optimizer(model, settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings))
+    schedule = lambda s: lr_factor(s, settings.steps, settings.warmup_steps)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     for step in range(settings.steps):
         batch = _sample_batch(pixels, labels, captions_by_class, settings.batch_size, generator)
@@ -200,11 +184,7 @@ def train_model(
         width = int(mask[cap].sum(dim=1).max())  # drop all-padding columns: same result, less work
         out = model(input_ids=ids[cap, :width], attention_mask=mask[cap, :width], pixel_values=batch_pixels)
         loss = multi_positive_clip_loss(out.logits_per_image, batch_labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, clip=model)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if settings.log_every and (step % settings.log_every == 0 or step == settings.steps - 1):
@@ -293,11 +273,9 @@ def save_fixture(
 def train(out: str | Path = DEFAULT_OUT, settings: TrainSettings | None = None) -> dict:
     """Build tokenizer and model, train, evaluate, save to ``out`` and return the metrics."""
     settings = settings or TrainSettings()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.num_threads)
-    try:
+    with torch_threads(settings.num_threads):
         started = time.perf_counter()
-        _seed_everything(settings.seed)
+        seed_everything(settings.seed)
         tokenizer = build_clip_tokenizer(caption_corpus(), model_max_length=TEXT_LENGTH)
         processor = make_processor(tokenizer)
         model = CLIPModel(make_config(tokenizer))
@@ -312,24 +290,14 @@ def train(out: str | Path = DEFAULT_OUT, settings: TrainSettings | None = None) 
         metrics["transformers_version"] = transformers.__version__
         save_fixture(Path(out), model, processor, metrics, settings)
         return metrics
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
-    defaults = TrainSettings()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: the committed fixture)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    args = parser.parse_args(argv)
-    transformers.utils.logging.disable_progress_bar()
-    settings = TrainSettings(seed=args.seed, steps=args.steps, batch_size=args.batch_size)
-    metrics = train(args.out, settings)
+    out, settings = settings_from_command_line(__doc__.splitlines()[0], TrainSettings(), DEFAULT_OUT, argv)
+    metrics = train(out, settings)
     print(f"zero-shot top-1 English {metrics['zero_shot_top1_en']:.1%}, Korean {metrics['zero_shot_top1_ko']:.1%}")
-    print(f"trained in {metrics['train_seconds']:.0f} s; saved to {args.out}")
+    print(f"trained in {metrics['train_seconds']:.0f} s; saved to {out}")
 
 
 if __name__ == "__main__":

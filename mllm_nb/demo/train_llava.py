@@ -9,9 +9,7 @@ like any Hub checkpoint (``AutoProcessor``, ``AutoModelForImageTextToText``,
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import random
 import string
 import time
@@ -42,6 +40,7 @@ from transformers import (
 
 from mllm_nb.demo.scene_qa import KINDS, QA, ask, corpus, make_qa, make_qa_set, sample_scene
 from mllm_nb.demo.shapes import COLORS, SHAPES, Background, Scene, SceneObject, render_scene
+from mllm_nb.demo.training import lr_factor, optimizer_step, seed_everything, settings_from_command_line, torch_threads
 
 FIXTURE_NAME = "mllm-nb/tiny-llava-shapes"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -185,7 +184,9 @@ def rope_parameters(settings: TrainSettings) -> dict:
     return rope
 
 
-def make_config(tokenizer: LlamaTokenizer, vision_config: transformers.CLIPVisionConfig, settings: TrainSettings) -> LlavaConfig:
+def make_config(
+    tokenizer: LlamaTokenizer, vision_config: transformers.CLIPVisionConfig, settings: TrainSettings
+) -> LlavaConfig:
     """LLaVA-1.5 layout: the CLIP vision tower, a 2-layer GELU projector and a tiny Llama."""
     hidden = settings.text_hidden
     text = LlamaConfig(
@@ -447,22 +448,19 @@ def warm_up_vision(
     patches of the feature layer the projector reads learn colour, shape, place from the left and
     object count for every patch. The heads are thrown away afterwards; returns the logged losses.
     """
-    generator = _seed_everything(settings.seed)
+    generator = seed_everything(settings.seed)
     tower = model.model.vision_tower
     heads = torch.nn.Linear(tower.config.hidden_size, sum(TARGET_SIZES))
     optimizer = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=settings.vision_lr)
     warmup = max(settings.vision_steps // 10, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.vision_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings.vision_steps, warmup))
     tower.train()
     losses: list[float] = []
     for step in range(settings.vision_steps):
         pick = torch.randint(len(pixels), (settings.vision_batch_size,), generator=generator)
         hidden = tower(pixels[pick], output_hidden_states=True).hidden_states[settings.vision_feature_layer]
         loss = _patch_loss(heads(hidden[:, 1:]), targets[pick], settings.background_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler)
         if settings.log_every and (step % settings.log_every == 0 or step == settings.vision_steps - 1):
             losses.append(round(loss.item(), 4))
             print(f"vision step {step:5d}  loss {loss.item():.4f}", flush=True)
@@ -471,21 +469,6 @@ def warm_up_vision(
 
 
 # --- training ------------------------------------------------------------------------------------
-
-
-def _seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def make_optimizer(model: LlavaForConditionalGeneration, settings: TrainSettings) -> torch.optim.AdamW:
@@ -510,12 +493,13 @@ def train_model(
     open with a lookup question): matching a named object to its patches is the slowest skill to
     start, and it starts sooner when it is most of the signal.
     """
-    generator = _seed_everything(settings.seed)
+    generator = seed_everything(settings.seed)
     pad_id = model.config.text_config.pad_token_id
     eos_id = model.config.text_config.eos_token_id
     model.model.vision_tower.requires_grad_(False)  # already taught by warm_up_vision
     optimizer = make_optimizer(model, settings)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.steps, settings.warmup_steps))
+    schedule = lambda s: lr_factor(s, settings.steps, settings.warmup_steps)  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
     model.model.vision_tower.eval()
     losses: list[float] = []
@@ -530,11 +514,7 @@ def train_model(
         else:
             weights = (labels != -100).float()
         loss = answer_loss(logits, labels, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, optimizer, scheduler, clip=model)
         if settings.log_every and (step % settings.log_every == 0 or step == settings.steps - 1):
             losses.append(round(loss.item(), 4))
             print(f"step {step:5d}  loss {loss.item():.4f}", flush=True)
@@ -688,11 +668,9 @@ def save_fixture(
 def train(out: str | Path = DEFAULT_OUT, settings: TrainSettings | None = None, quantized_eval: bool = True) -> dict:
     """Build tokenizer and model, train, evaluate (float32, then 4-bit), save to ``out``; return the metrics."""
     settings = settings or TrainSettings()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.num_threads)
-    try:
+    with torch_threads(settings.num_threads):
         started = time.perf_counter()
-        _seed_everything(settings.seed)
+        seed_everything(settings.seed)
         tokenizer = build_tokenizer()
         processor = make_processor(tokenizer)
         model = build_model(tokenizer, settings)
@@ -717,25 +695,15 @@ def train(out: str | Path = DEFAULT_OUT, settings: TrainSettings | None = None, 
             metrics["accuracy_nf4"] = evaluate(load_4bit(out), processor, items)
             save_fixture(Path(out), model, processor, metrics, settings)
         return metrics
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
-    defaults = TrainSettings()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: the committed fixture)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    args = parser.parse_args(argv)
-    transformers.utils.logging.disable_progress_bar()
-    settings = TrainSettings(seed=args.seed, steps=args.steps, batch_size=args.batch_size)
-    metrics = train(args.out, settings)
+    out, settings = settings_from_command_line(__doc__.splitlines()[0], TrainSettings(), DEFAULT_OUT, argv)
+    metrics = train(out, settings)
     print("float32 exact match:", json.dumps(metrics["accuracy_float32"]))
     print("4-bit NF4 exact match:", json.dumps(metrics["accuracy_nf4"]))
-    print(f"trained in {metrics['train_seconds']:.0f} s; saved to {args.out}")
+    print(f"trained in {metrics['train_seconds']:.0f} s; saved to {out}")
 
 
 if __name__ == "__main__":

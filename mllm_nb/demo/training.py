@@ -1,0 +1,78 @@
+"""What every fixture training script here shares: seeding, CPU threads, the LR schedule, one optimizer
+step, and the command line (``--out --seed --steps --batch-size``).
+
+>>> generator = seed_everything(0)
+>>> round(lr_factor(0, total=100, warmup=10), 2), round(lr_factor(100, total=100, warmup=10), 2)
+(0.1, 0.05)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+Settings = TypeVar("Settings")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator seeded the same way for batch sampling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (the fixtures are trained and timed on two cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5% of the peak rate at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any, clip: torch.nn.Module | None = None
+) -> None:
+    """Backward, optional gradient clipping (norm 1 over ``clip``'s parameters), step, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
+def settings_from_command_line(
+    description: str, defaults: Settings, default_out: Path, argv: Sequence[str] | None = None
+) -> tuple[Path, Settings]:
+    """``(out, settings)`` from ``--out --seed --steps --batch-size``; the rest of ``defaults`` is kept."""
+    import transformers
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out, help="output folder (default: the committed fixture)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)  # type: ignore[attr-defined]
+    parser.add_argument("--steps", type=int, default=defaults.steps)  # type: ignore[attr-defined]
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)  # type: ignore[attr-defined]
+    args = parser.parse_args(argv)
+    transformers.utils.logging.disable_progress_bar()
+    return args.out, replace(defaults, seed=args.seed, steps=args.steps, batch_size=args.batch_size)  # type: ignore[type-var]
