@@ -35,9 +35,7 @@ def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
     return int(Levenshtein.distance(reference, hypothesis))
 
 
-def cer(
-    reference: str | Sequence[str], hypothesis: str | Sequence[str], *, ignore_case: bool = False
-) -> float:
+def cer(reference: str | Sequence[str], hypothesis: str | Sequence[str], *, ignore_case: bool = False) -> float:
     """Character error rate of ``hypothesis`` against ``reference`` (two strings, or two equal-length lists).
 
     >>> cer("ABCD", "ABD"), cer(["AB", "CDEF"], ["AB", "CDXF"])
@@ -49,9 +47,7 @@ def cer(
     return _rate([(ref, hyp) for ref, hyp in pairs], "characters")
 
 
-def wer(
-    reference: str | Sequence[str], hypothesis: str | Sequence[str], *, ignore_case: bool = False
-) -> float:
+def wer(reference: str | Sequence[str], hypothesis: str | Sequence[str], *, ignore_case: bool = False) -> float:
     """Word error rate: words are the whitespace-separated pieces of each text.
 
     >>> wer("a red fox", "a fox"), wer(["one two", "three"], ["one two", "tree"])

@@ -63,9 +63,7 @@ def ocr_folder(
 
 def _check_vlm(vlm: Any) -> None:
     if not (hasattr(vlm, "ask") and hasattr(vlm, "batch_ask")):
-        raise OcrError(
-            f"ocr() needs a model loaded with mllm_nb.load_vlm(...); got {type(vlm).__name__}."
-        )
+        raise OcrError(f"ocr() needs a model loaded with mllm_nb.load_vlm(...); got {type(vlm).__name__}.")
 
 
 __all__ = ["OCR_PROMPT", "OcrError", "ocr", "ocr_folder"]

@@ -123,14 +123,22 @@ def test_ocr_reads_a_list_one_image_at_a_time_in_batches() -> None:
 
 def test_ocr_folder_delegates_with_the_ocr_prompt(tmp_path) -> None:
     vlm = RecordingVLM()
-    assert ocr_folder(vlm, tmp_path, tmp_path / "out.jsonl", batch_size=4) == {"captioned": 0, "skipped": 0, "failed": 0}
+    assert ocr_folder(vlm, tmp_path, tmp_path / "out.jsonl", batch_size=4) == {
+        "captioned": 0,
+        "skipped": 0,
+        "failed": 0,
+    }
     assert vlm.calls == [("caption_folder", tmp_path, tmp_path / "out.jsonl", OCR_PROMPT, {"batch_size": 4})]
 
 
 @pytest.mark.parametrize(
     "vlm,image,message",
     [
-        ("not a model", Image.new("RGB", (8, 8)), r"ocr\(\) needs a model loaded with mllm_nb.load_vlm\(...\); got str"),
+        (
+            "not a model",
+            Image.new("RGB", (8, 8)),
+            r"ocr\(\) needs a model loaded with mllm_nb.load_vlm\(...\); got str",
+        ),
         (RecordingVLM(), None, r"ocr\(\) needs an image \(a path, URL, PIL image or array\); got None"),
         (RecordingVLM(), [], r"ocr\(\) got an empty list of images; pass at least one image"),
     ],
@@ -141,19 +149,21 @@ def test_ocr_bad_inputs(vlm, image, message: str) -> None:
 
 
 def test_ocr_with_a_real_tiny_honeybee_matches_ask(tmp_path) -> None:
-    import mllm_nb
     from test_honeybee_model import save_tiny_honeybee
+
+    import mllm_nb
 
     vlm = mllm_nb.load_vlm(save_tiny_honeybee(tmp_path / "hb"), quantization=None)
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)) for _ in range(3)]
     one = ocr(vlm, images[0], max_new_tokens=4)
     assert isinstance(one, str) and one == vlm.ask(images[0], OCR_PROMPT, max_new_tokens=4)
-    assert ocr(vlm, images, batch_size=2, max_new_tokens=4) == [vlm.ask(i, OCR_PROMPT, max_new_tokens=4) for i in images]
+    assert ocr(vlm, images, batch_size=2, max_new_tokens=4) == [
+        vlm.ask(i, OCR_PROMPT, max_new_tokens=4) for i in images
+    ]
     folder = tmp_path / "scans"
     folder.mkdir()
     images[0].save(folder / "a.png")
     assert ocr_folder(vlm, folder, tmp_path / "scans.jsonl", progress=False)["captioned"] == 1
     (line,) = [json.loads(x) for x in (tmp_path / "scans.jsonl").read_text().splitlines()]
     assert line == {"file": "a.png", "caption": ocr(vlm, images[0])}
-

@@ -90,7 +90,7 @@ def test_backgrounds_look_as_named() -> None:
     noise = TextScene("AB", background="noise", colors=((100, 100, 100),) * 2, noise=15.0, noise_seed=4)
     top = np.asarray(noise.render(), dtype=np.float64)[:3]
     assert 5 < top.std() < 25 and abs(top.mean() - 100) < 5
-    assert noise.render().tobytes() == TextScene(**{**noise.__dict__}).render().tobytes()
+    assert noise.render().tobytes() == TextScene(**noise.__dict__).render().tobytes()
 
 
 @pytest.mark.parametrize("font", FONTS)
@@ -112,7 +112,7 @@ def test_fonts_change_the_pixels_and_sizes_scale() -> None:
 def test_random_scenes_shrink_the_font_to_fit() -> None:
     scene = random_text_scene(np.random.default_rng(0), text="WWWWWW", size=(60, 30), font_sizes=(40, 40))
     assert scene.font_size < 40
-    x0, y0, x1, y1 = scene.ink_box()
+    _, _, x1, y1 = scene.ink_box()
     assert x1 <= 60 and y1 <= 30
 
 
@@ -122,7 +122,10 @@ def test_random_scenes_shrink_the_font_to_fit() -> None:
         (lambda: TextScene(""), r"text must be a non-empty single line; got ''"),
         (lambda: TextScene("A\nB"), r"text must be a non-empty single line"),
         (lambda: TextScene("AB", font="comic-sans"), r"Unknown font 'comic-sans'; choose one of dejavu-sans"),
-        (lambda: TextScene("AB", background="plaid"), r"Unknown background 'plaid'; choose one of flat, gradient, noise"),
+        (
+            lambda: TextScene("AB", background="plaid"),
+            r"Unknown background 'plaid'; choose one of flat, gradient, noise",
+        ),
         (lambda: TextScene("AB", size=(4, 40)), r"size must be at least 8 x 8 pixels"),
         (lambda: load_font("dejavu-sans", 2), r"font_size must be an integer of at least 4 pixels; got 2"),
         (lambda: font_path("pil-default"), r"No DejaVu font called 'pil-default'"),
