@@ -59,6 +59,7 @@ demo: $(STAMP)
 fixtures: $(STAMP)
 	$(PY) -m mllm_nb.demo.train_clip
 	$(PY) -m mllm_nb.demo.train_llava
+	$(PY) -m mllm_nb.demo.train_honeybee
 
 notebooks: $(STAMP)
 	$(PY) tools/refresh_notebooks.py

@@ -85,14 +85,6 @@ def models(converted: dict[str, Path]) -> dict[str, hb.HoneybeeForConditionalGen
     }
 
 
-@pytest.fixture()
-def honeybee_in_loading() -> None:
-    """load_vlm knows registered model types such as Honeybee (no patching needed any more)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
-
-    assert hb.HoneybeeConfig in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
-
-
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (a.shape, b.shape)
     return (a.float() - b.float()).abs().max().item()
@@ -196,7 +188,6 @@ def test_sharded_release_converts_to_the_same_weights(converted, tmp_path: Path,
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.usefixtures("honeybee_in_loading")
 def test_load_vlm_4bit_on_cpu_quantizes_only_the_llm_and_stays_close(converted, kind: str) -> None:
     import bitsandbytes as bnb
 
