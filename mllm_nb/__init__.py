@@ -61,11 +61,12 @@ _EXPORTS: dict[str, str] = {
     "ocr": "mllm_nb.text_reading",
     "cer": "mllm_nb.metrics",
     "wer": "mllm_nb.metrics",
+    "add_scratch": "mllm_nb.defects",
 }
 
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
 _SUBMODULES = {
-    "backends", "catalog", "chat", "clip", "cli", "context_budget", "demo", "display", "errors", "hardware",
+    "backends", "catalog", "chat", "clip", "cli", "context_budget", "defects", "demo", "display", "errors", "hardware",
     "honeybee", "images", "loading", "metrics", "plan", "samples", "text_reading", "vlm", "widgets",
 }
 

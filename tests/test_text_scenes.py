@@ -16,8 +16,10 @@ from mllm_nb.demo.text_scenes import (
     load_font,
     make_ocr_set,
     make_text_scenes,
+    meme,
     random_text,
     random_text_scene,
+    show_text_scenes,
     text_extent,
 )
 
@@ -140,3 +142,24 @@ def test_random_scenes_shrink_the_font_to_fit() -> None:
 def test_bad_settings_get_clear_errors(make, message: str) -> None:
     with pytest.raises(TextSceneError, match=message):
         make()
+
+
+def test_show_text_scenes_titles_truth_reading_and_cer() -> None:
+    scenes = [TextScene("ABCD"), TextScene("WXYZ")]
+    fig = show_text_scenes(scenes, ["ABCD", "WXY"])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["truth: ABCD\nread: ABCD\nCER 0.00", "truth: WXYZ\nread: WXY\nCER 0.25"]
+    with pytest.raises(TextSceneError, match=r"Got 1 predictions for 2 scenes; pass one per scene"):
+        show_text_scenes(scenes, ["ABCD"])
+
+
+def test_meme_writes_outlined_captions_at_top_and_bottom_only() -> None:
+    photo = Image.new("RGB", (240, 160), (128, 128, 128))
+    captioned = np.asarray(meme(photo, "top line", "bottom line"), dtype=int)
+    changed = (np.abs(captioned - 128).sum(-1) > 0).any(1)  # rows with any ink
+    rows = np.nonzero(changed)[0]
+    assert rows.min() < 40 and rows.max() > 120 and not changed[60:100].any()  # nothing across the middle
+    assert (captioned == 255).all(-1).any() and (captioned == 0).all(-1).any()  # white text, black outline
+    assert (np.asarray(meme(photo, "only the top"))[100:] == 128).all()
+    wide = meme(photo, "a very long caption that would never fit at the starting size of the font")
+    assert wide.size == photo.size and np.asarray(photo).max() == 128  # the input is not modified

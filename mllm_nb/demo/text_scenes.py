@@ -369,8 +369,41 @@ def show_text_scenes(scenes: Sequence[TextScene], predictions: Sequence[str] | N
         raise TextSceneError(f"Got {len(predictions)} predictions for {len(scenes)} scenes; pass one per scene.")
     titles = [f"truth: {s.text}" for s in scenes]
     if predictions is not None:
-        titles = [f"{t}\nread: {p}" for t, p in zip(titles, predictions)]
+        from mllm_nb.metrics import cer
+
+        titles = [f"{t}\nread: {p}\nCER {cer(s.text, p):.2f}" for t, s, p in zip(titles, scenes, predictions)]
     return show([s.render() for s in scenes], captions=titles, **options)
+
+
+def meme(image: Any, top: str, bottom: str = "", font: str = "dejavu-sans-bold") -> Image.Image:
+    """A copy of ``image`` with meme-style captions: white capitals with a black outline, top and bottom.
+
+    The text is shrunk until it fits the width, so any photo works; the lesson asks a model to explain it.
+
+    >>> from PIL import Image
+    >>> meme(Image.new("RGB", (300, 200), "gray"), "when the demo", "runs offline").size
+    (300, 200)
+    """
+    from mllm_nb.images import load_image
+
+    picture = load_image(image).copy()
+    draw = ImageDraw.Draw(picture)
+    width, height = picture.size
+    for text, at_top in ((top, True), (bottom, False)):
+        line = " ".join(str(text).upper().split())
+        if not line:
+            continue
+        size = max(8, height // 8)
+        while size > 8 and text_extent(line, font, size)[0] > 0.94 * width:
+            size -= 1
+        font_obj = load_font(font, size)
+        left, up, right, down = draw.textbbox((0, 0), line, font=font_obj)
+        x = (width - (right - left)) / 2 - left
+        margin = height * 0.03
+        y = margin - up if at_top else height - margin - down
+        stroke = max(1, size // 12)
+        draw.text((x, y), line, font=font_obj, fill="white", stroke_width=stroke, stroke_fill="black")
+    return picture
 
 
 __all__ = [
@@ -385,6 +418,7 @@ __all__ = [
     "load_font",
     "make_ocr_set",
     "make_text_scenes",
+    "meme",
     "random_text",
     "random_text_scene",
     "real_text_images",
