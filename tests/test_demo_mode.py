@@ -77,7 +77,9 @@ def test_runner_executes_and_summarises(tmp_path, capsys, monkeypatch):
     from mllm_nb.demo.runner import run_notebooks
 
     good = new_notebook(cells=[new_code_cell("import os\nprint(os.environ['MLLM_NB_DEMO'])"),
-                               new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('answer: 42')")])
+                               new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('answer: 42')"),
+                               new_code_cell("# NBVAL_CHECK_OUTPUT\nimport sys\nfrom tqdm.auto import tqdm\n"
+                                             "print('warned', file=sys.stderr)\nfor _ in tqdm(range(2), desc='Busy'): pass")])
     bad = new_notebook(cells=[new_code_cell("1 / 0")])
     for name, nb in (("a_good.ipynb", good), ("b_bad.ipynb", bad)):
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -86,7 +88,7 @@ def test_runner_executes_and_summarises(tmp_path, capsys, monkeypatch):
     results = run_notebooks(tmp_path, tmp_path / "out")
     assert "MLLM_NB_DEMO" not in os.environ  # demo mode reached the kernels without leaking into this process
     assert [r.ok for r in results] == [True, False]
-    assert results[0].answers == ["answer: 42"] and results[0].cells == 2
+    assert results[0].answers == ["answer: 42"] and results[0].cells == 3  # no progress bar, no warning
     assert "ZeroDivisionError" in results[1].error
     executed = json.loads((tmp_path / "out" / "a_good.ipynb").read_text())
     assert "".join(executed["cells"][0]["outputs"][0]["text"]) == "1\n"  # demo mode reached the kernel

@@ -29,6 +29,7 @@ def refresh(path: Path) -> None:
             cell.outputs = []
             cell.execution_count = None  # nbval treats a cell with outputs but no count as never run
         cell.metadata.pop("execution", None)
+    notebook.metadata.pop("widgets", None)  # live widget state of this run: meaningless in a stored notebook
     nbformat.write(notebook, path)
     print(f"{path.name}: refreshed in {seconds:.1f} s")
 

@@ -108,12 +108,17 @@ def _write_html(notebook, target: Path) -> None:
     target.write_text(body, encoding="utf-8")
 
 
+_WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
 def _checked_answers(cells) -> list[str]:
     answers = []
     for cell in cells:
         if CHECK_MARKER not in cell.source:
             continue
         for output in cell.get("outputs", []):
+            if output.get("name") == "stderr" or _WIDGET_MIME in output.get("data", {}):
+                continue  # progress bars and warnings are not answers
             text = output.get("text") or output.get("data", {}).get("text/plain", "")
             answers.extend(line.strip() for line in text.splitlines() if line.strip())
     return answers
