@@ -380,7 +380,7 @@ def _problems(report: BudgetReport) -> tuple[str, ...]:
         found.append(
             f"the prompt ({report.prompt_tokens:,} tokens: {images}) plus max_new_tokens={report.max_new_tokens:,} "
             f"exceeds the {context:,}-token context; use max_new_tokens <= {context - report.prompt_tokens:,}, "
-            + _fixes(report, memory=False)
+            "or " + _fixes(report, memory=False, new_tokens=False)
         )
     if report.free_bytes is not None and report.need_bytes > report.free_bytes:
         per_row = max(report.prompt_width, report.prompt_tokens) + report.max_new_tokens

@@ -230,7 +230,8 @@ def test_max_new_tokens_over_the_context():
     report = budget(LLAVA, [(640, 480)], "w1", max_new_tokens=4000)
     room = 4096 - report.prompt_tokens
     assert report.problems == (report.problems[0],)
-    assert f"max_new_tokens <= {room:,}" in report.problems[0] and "image_grid_pinpoints" not in report.problems[0]
+    assert f"max_new_tokens <= {room:,}, or use fewer or smaller images" in report.problems[0]
+    assert "image_grid_pinpoints" not in report.problems[0] and report.problems[0].count("max_new_tokens") == 2
     assert budget(LLAVA, [(640, 480)], "w1", max_new_tokens=room).fits
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_honeybee_parity import byte_tokenizer, honeybee_in_loading  # noqa: F401 (a fixture)
+from test_honeybee_parity import byte_tokenizer
 
 import mllm_nb.honeybee as hb
 
@@ -287,7 +287,6 @@ def test_fit_plans_honeybee_from_its_folder(tiny_dirs) -> None:
     assert report.image_tokens == QUERIES and report.fits
 
 
-@pytest.mark.usefixtures("honeybee_in_loading")
 def test_load_vlm_ask_stream_batch_and_caption_folder(tiny_dirs, images, tmp_path) -> None:
     import mllm_nb
 
