@@ -83,6 +83,13 @@ class VLM:
     quantization: str | None = None
     _multi_image_warned: bool = field(default=False, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # The budget check (mllm_nb.context_budget) refuses prompts longer than the context with the numbers and
+        # the fix; the tokenizer's own "longer than the specified maximum" log line would only repeat it, vaguely.
+        warned = getattr(getattr(self.processor, "tokenizer", None), "deprecation_warnings", None)
+        if isinstance(warned, dict):
+            warned["sequence-length-is-longer-than-the-specified-maximum"] = True
+
     # ------------------------------------------------------------------------------ properties
 
     @property

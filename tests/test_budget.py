@@ -348,3 +348,11 @@ def test_plot_image_tokens_bad_size():
 
     with pytest.raises(DisplayError, match=r"image_size must be \(width, height\)"):
         plot_image_tokens([LLAVA], image_size=(0, 10))
+
+
+def test_the_refusal_is_not_preceded_by_the_tokenizers_vague_length_warning(short_context_vlm, capfd):
+    short_context_vlm.processor.tokenizer.model_max_length = 100  # the prompt (576 image tokens) is far longer
+    short_context_vlm.__post_init__()  # what VLM does when it is made
+    with pytest.raises(BudgetError, match="more than the 700-token context"):
+        short_context_vlm.ask([image(64, 64)] * 2, "w1")
+    assert "Token indices sequence length" not in capfd.readouterr().err
