@@ -4,10 +4,15 @@ Every :class:`QA` holds the rendered image(s), one question, its one canonical a
 scene metadata behind them, so a model's answer can be checked by exact match. Each question
 kind has a few phrasings; the answers have exactly one form (lower case, words for numbers,
 objects listed from left to right). Everything is deterministic for a seed.
+Two-image questions (:data:`PAIR_KINDS`, :func:`make_pair_qa`) are asked about two images in order
+("which image has the red circle, the first or the second?").
 
 >>> qa = make_qa(np.random.default_rng(0), kind="count")
 >>> qa.answer in {"one", "two", "three"}
 True
+>>> pair = make_pair_qa(np.random.default_rng(0), kind="which_image")
+>>> len(pair.images), pair.answer in {"first", "second"}
+(2, True)
 """
 
 from __future__ import annotations
@@ -18,11 +23,20 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from mllm_nb.demo.shapes import CLASSES, COLORS, SHAPES, Scene, color_name, random_scene, shape_name
+from mllm_nb.demo.shapes import (
+    CLASSES,
+    COLORS,
+    SHAPES,
+    Scene,
+    color_name,
+    random_scene,
+    shape_name,
+)
 
 IMAGE_SIZE = 64
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six")
 SIDES: tuple[str, ...] = ("left", "right")
+ORDINALS: tuple[str, ...] = ("first", "second")
 
 CAPTION_QUESTIONS: tuple[str, ...] = (
     "Describe the image.",
@@ -64,6 +78,24 @@ POSITION_QUESTIONS: dict[str, tuple[str, ...]] = {
     "right": ("What is on the right?", "Which object is on the right?", "What is the rightmost object?"),
     "middle": ("What is in the middle?", "Which object is in the middle?"),
 }
+
+WHICH_IMAGE_QUESTIONS: tuple[str, ...] = (
+    "Which image has the {label}, the first or the second?",
+    "Which image has the {label} — the first or the second?",
+    "Which image shows the {label}: the first or the second?",
+    "Is the {label} in the first or the second image?",
+)
+SAME_SHAPE_QUESTIONS: tuple[str, ...] = (
+    "Do both images show the same shape?",
+    "Is the shape the same in both images?",
+    "Do the two images show the same shape?",
+)
+TOTAL_COUNT_QUESTIONS: tuple[str, ...] = (
+    "How many shapes are there in total?",
+    "How many objects are there in total?",
+    "How many shapes are in the two images?",
+    "How many objects do both images show together?",
+)
 
 QuestionMaker = Callable[[np.random.Generator, Scene], "tuple[str, str] | None"]
 
@@ -221,6 +253,120 @@ def make_qa_set(n: int, seed: int, kinds: Sequence[str] | None = None, image_siz
     return [make_qa(rng, kinds[i % len(kinds)], image_size) for i in range(n)]
 
 
+# --- two-image questions -------------------------------------------------------------------------
+
+
+def _ask_which_image(rng: np.random.Generator, scenes: Sequence[Scene]) -> tuple[str, str] | None:
+    """``first``/``second``: the image that holds a colour+shape class the other image lacks."""
+    in_first = {(o.color, o.shape) for o in scenes[0].objects}
+    in_second = {(o.color, o.shape) for o in scenes[1].objects}
+    only = sorted(in_first ^ in_second)
+    if not only:
+        return None
+    color, shape = only[int(rng.integers(len(only)))]
+    answer = ORDINALS[0] if (color, shape) in in_first else ORDINALS[1]
+    return _pick(rng, WHICH_IMAGE_QUESTIONS).format(label=f"{color} {shape}"), answer
+
+
+def _ask_same_shape(rng: np.random.Generator, scenes: Sequence[Scene]) -> tuple[str, str] | None:
+    """``yes``/``no``: whether the one object of each image has the same shape."""
+    if any(len(s.objects) != 1 for s in scenes):
+        return None
+    same = scenes[0].objects[0].shape == scenes[1].objects[0].shape
+    return _pick(rng, SAME_SHAPE_QUESTIONS), "yes" if same else "no"
+
+
+def _ask_total_count(rng: np.random.Generator, scenes: Sequence[Scene]) -> tuple[str, str]:
+    """The number of objects in both images together, as a word."""
+    return _pick(rng, TOTAL_COUNT_QUESTIONS), number_word(sum(len(s.objects) for s in scenes))
+
+
+PairQuestionMaker = Callable[[np.random.Generator, Sequence[Scene]], "tuple[str, str] | None"]
+_PAIR_KINDS: dict[str, PairQuestionMaker] = {
+    "which_image": _ask_which_image,
+    "same_shape": _ask_same_shape,
+    "total_count": _ask_total_count,
+}
+PAIR_KINDS: tuple[str, ...] = tuple(_PAIR_KINDS)
+"""Question kinds about two images in order (:func:`make_pair_qa`)."""
+
+
+def _check_pair_kind(kind: str) -> None:
+    if kind not in _PAIR_KINDS:
+        raise ValueError(f"Unknown two-image question kind {kind!r}; use one of {PAIR_KINDS}.")
+
+
+def ask_pair(
+    rng: np.random.Generator, scenes: Sequence[Scene], kind: str, images: Sequence[Image.Image] | None = None
+) -> QA | None:
+    """A question of a two-image ``kind`` about ``scenes`` (in order), or ``None`` if the kind does not fit.
+
+    >>> rng = np.random.default_rng(0)
+    >>> ask_pair(rng, [sample_scene(rng, 2), sample_scene(rng, 1)], "total_count").answer
+    'three'
+    """
+    _check_pair_kind(kind)
+    if len(scenes) != 2:
+        raise ValueError(f"Two-image questions need exactly two scenes, got {len(scenes)}.")
+    asked = _PAIR_KINDS[kind](rng, scenes)
+    if asked is None:
+        return None
+    rendered = list(images) if images is not None else [scene.render() for scene in scenes]
+    return QA(rendered, asked[0], asked[1], kind, list(scenes))
+
+
+def sample_pair(rng: np.random.Generator, kind: str) -> list[Scene]:
+    """Two scenes for a question of ``kind``: one object each for ``same_shape`` (same shape half of the
+    time), 1-3 objects each otherwise."""
+    _check_pair_kind(kind)
+    if kind != "same_shape":
+        return [sample_scene(rng), sample_scene(rng)]
+    first = sample_scene(rng, 1)
+    shape = first.objects[0].shape
+    if rng.random() >= 0.5:
+        shape = _pick(rng, [s for s in SHAPES if s != shape])
+    color = _pick(rng, list(COLORS))
+    return [first, random_scene(rng, 1, image_size=first.size, colors=[color], shapes=[shape])]
+
+
+def make_pair_qa(rng: np.random.Generator, kind: str | None = None) -> QA:
+    """Two random scenes and a two-image question of ``kind`` (random when ``None``) about them, with its answer."""
+    kind = _pick(rng, PAIR_KINDS) if kind is None else kind
+    _check_pair_kind(kind)
+    for _ in range(100):
+        qa = ask_pair(rng, sample_pair(rng, kind), kind)
+        if qa is not None:
+            return qa
+    raise RuntimeError(f"Could not make a {kind!r} question.")  # pragma: no cover - needs 100 unlucky pairs
+
+
+def make_pair_qa_set(n: int, seed: int, kinds: Sequence[str] | None = None) -> list[QA]:
+    """``n`` two-image questions, the ``kinds`` (default :data:`PAIR_KINDS`) taken in turn.
+
+    >>> items = make_pair_qa_set(3, seed=0)
+    >>> [qa.kind for qa in items], [len(qa.images) for qa in items]
+    (['which_image', 'same_shape', 'total_count'], [2, 2, 2])
+    """
+    kinds = tuple(kinds) if kinds is not None else PAIR_KINDS
+    for kind in kinds:
+        _check_pair_kind(kind)
+    rng = np.random.default_rng(seed)
+    return [make_pair_qa(rng, kinds[i % len(kinds)]) for i in range(n)]
+
+
+def swap_pair(qa: QA) -> QA:
+    """The same two-image question with the images swapped (``first`` and ``second`` swap too).
+
+    >>> qa = make_pair_qa(np.random.default_rng(1), "which_image")
+    >>> swap_pair(qa).answer == {"first": "second", "second": "first"}[qa.answer]
+    True
+    """
+    if len(qa.images) != 2:
+        raise ValueError(f"swap_pair needs a two-image question, got {len(qa.images)} image(s).")
+    answer = {ORDINALS[0]: ORDINALS[1], ORDINALS[1]: ORDINALS[0]}.get(qa.answer, qa.answer)
+    return QA(qa.images[::-1], qa.question, answer, qa.kind, qa.scenes[::-1], qa.lang)
+
+
 def corpus() -> Iterator[str]:
     """Every question phrasing and answer word the generator can produce (for building a vocabulary)."""
     yield from CAPTION_QUESTIONS
@@ -237,3 +383,13 @@ def corpus() -> Iterator[str]:
         yield object_phrase(color, shape) + " on the left and " + object_phrase(color, shape) + " on the right"
         yield object_phrase(color, shape) + ", " + object_phrase(color, shape, "ko") + "과"
     yield " ".join(NUMBER_WORDS[1:4] + SIDES + tuple(COLORS) + SHAPES)
+
+
+def pair_corpus() -> Iterator[str]:
+    """Every two-image question phrasing and answer word (kept apart from :func:`corpus`, whose vocabulary
+    the committed one-image fixture was built from)."""
+    yield from SAME_SHAPE_QUESTIONS
+    yield from TOTAL_COUNT_QUESTIONS
+    for color, shape in CLASSES:
+        yield from (q.format(label=f"{color} {shape}") for q in WHICH_IMAGE_QUESTIONS)
+    yield " ".join(NUMBER_WORDS[1:] + ORDINALS + ("yes", "no"))
