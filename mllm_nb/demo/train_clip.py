@@ -8,7 +8,6 @@ zero-shot answers over the 12 shape classes are checkable, in English and in Kor
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -19,11 +18,29 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+)
 
 from mllm_nb.demo.clip_tokenizer import build_clip_tokenizer
-from mllm_nb.demo.shapes import CLASSES, class_label, class_labels, make_classification_set
-from mllm_nb.demo.training import lr_factor, optimizer_step, seed_everything, settings_from_command_line, torch_threads
+from mllm_nb.demo.shapes import (
+    CLASSES,
+    class_label,
+    class_labels,
+    make_classification_set,
+)
+from mllm_nb.demo.training import (
+    lr_factor,
+    optimizer_step,
+    seed_everything,
+    settings_from_command_line,
+    torch_threads,
+    write_fixture,
+)
 
 FIXTURE_NAME = "mllm-nb/tiny-clip-shapes"
 DEFAULT_OUT = Path(__file__).resolve().parent / "fixtures" / "tiny-clip"
@@ -259,15 +276,8 @@ def save_fixture(
     out: Path, model: CLIPModel, processor: CLIPProcessor, metrics: dict, settings: TrainSettings
 ) -> None:
     """Write weights (safetensors), processor files, ``training_metrics.json`` and the model card."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(model_card(metrics, settings, n_params), encoding="utf-8")
-    for path in out.iterdir():
-        if path.is_file():
-            path.chmod(0o644)  # safetensors writes owner-only files; the fixture is shipped as package data
+    write_fixture(out, model, processor, metrics, model_card(metrics, settings, n_params))
 
 
 def train(out: str | Path = DEFAULT_OUT, settings: TrainSettings | None = None) -> dict:

@@ -48,9 +48,20 @@ from PIL import Image
 from torch import nn
 from transformers import DynamicCache, GenerationConfig, LlamaTokenizer
 
-from mllm_nb.demo.text_scenes import ALPHABET, BACKGROUNDS, BOLD_FONTS, TextScene, random_text_scene
+from mllm_nb.demo.text_scenes import (
+    ALPHABET,
+    BACKGROUNDS,
+    BOLD_FONTS,
+    TextScene,
+    random_text_scene,
+)
 from mllm_nb.demo.train_llava import build_tokenizer
-from mllm_nb.demo.training import lr_factor, seed_everything, torch_threads
+from mllm_nb.demo.training import (
+    lr_factor,
+    seed_everything,
+    torch_threads,
+    write_fixture,
+)
 from mllm_nb.honeybee import (
     HoneybeeConfig,
     HoneybeeError,
@@ -621,14 +632,7 @@ def save_fixture(
     settings: TrainSettings,
 ) -> None:
     """Write weights (safetensors), processor, tokenizer, generation config, metrics and the model card."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(model_card(metrics, settings), encoding="utf-8")
-    for path in out.iterdir():
-        if path.is_file():
-            path.chmod(0o644)  # safetensors writes owner-only files; the fixture is shipped as package data
+    write_fixture(out, model, processor, metrics, model_card(metrics, settings))
 
 
 def _load_average() -> float:

@@ -38,9 +38,31 @@ from transformers import (
     LlavaProcessor,
 )
 
-from mllm_nb.demo.scene_qa import KINDS, QA, ask, corpus, make_qa, make_qa_set, sample_scene
-from mllm_nb.demo.shapes import COLORS, SHAPES, Background, Scene, SceneObject, render_scene
-from mllm_nb.demo.training import lr_factor, optimizer_step, seed_everything, settings_from_command_line, torch_threads
+from mllm_nb.demo.scene_qa import (
+    KINDS,
+    QA,
+    ask,
+    corpus,
+    make_qa,
+    make_qa_set,
+    sample_scene,
+)
+from mllm_nb.demo.shapes import (
+    COLORS,
+    SHAPES,
+    Background,
+    Scene,
+    SceneObject,
+    render_scene,
+)
+from mllm_nb.demo.training import (
+    lr_factor,
+    optimizer_step,
+    seed_everything,
+    settings_from_command_line,
+    torch_threads,
+    write_fixture,
+)
 
 FIXTURE_NAME = "mllm-nb/tiny-llava-shapes"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -92,6 +114,7 @@ class TrainSettings:
     vision_pool_size: int = 16000
     vision_lr: float = 3e-3
     background_weight: float = 0.1  # weight of background patches in the warm-up loss
+    shape_weight: float = 1.0  # of the shape target in the warm-up loss (shape is the hardest patch target)
     text_hidden: int = 128
     text_layers: int = 4
     # Rotary position embeddings. Lookups ("what colour is the triangle?") need attention that matches the
@@ -429,13 +452,17 @@ def vision_pool(processor: LlavaProcessor, settings: TrainSettings) -> tuple[tor
     return pixels, torch.stack([patch_targets(scene) for scene in scenes])
 
 
-def _patch_loss(logits: torch.Tensor, targets: torch.Tensor, background_weight: float) -> torch.Tensor:
-    """Cross-entropy of every target over every patch, background patches down-weighted."""
+def _patch_loss(
+    logits: torch.Tensor, targets: torch.Tensor, background_weight: float, shape_weight: float = 1.0
+) -> torch.Tensor:
+    """Cross-entropy of every target over every patch, background patches down-weighted, shape weighted up."""
     weight = torch.where(targets[..., 0] > 0, 1.0, background_weight).reshape(-1)
+    target_weights = [1.0] * len(TARGET_SIZES)
+    target_weights[1] = shape_weight
     loss = torch.zeros(())
     for i, part in enumerate(logits.split(TARGET_SIZES, dim=-1)):
         ce = F.cross_entropy(part.reshape(-1, TARGET_SIZES[i]), targets[..., i].reshape(-1), reduction="none")
-        loss = loss + (ce * weight).sum() / weight.sum()
+        loss = loss + target_weights[i] * (ce * weight).sum() / weight.sum()
     return loss
 
 
@@ -459,7 +486,7 @@ def warm_up_vision(
     for step in range(settings.vision_steps):
         pick = torch.randint(len(pixels), (settings.vision_batch_size,), generator=generator)
         hidden = tower(pixels[pick], output_hidden_states=True).hidden_states[settings.vision_feature_layer]
-        loss = _patch_loss(heads(hidden[:, 1:]), targets[pick], settings.background_weight)
+        loss = _patch_loss(heads(hidden[:, 1:]), targets[pick], settings.background_weight, settings.shape_weight)
         optimizer_step(loss, optimizer, scheduler)
         if settings.log_every and (step % settings.log_every == 0 or step == settings.vision_steps - 1):
             losses.append(round(loss.item(), 4))
@@ -655,14 +682,7 @@ def save_fixture(
     out: Path, model: LlavaForConditionalGeneration, processor: LlavaProcessor, metrics: dict, settings: TrainSettings
 ) -> None:
     """Write weights (safetensors), processor, tokenizer, generation config, metrics and the model card."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(model_card(metrics, settings), encoding="utf-8")
-    for path in out.iterdir():
-        if path.is_file():
-            path.chmod(0o644)  # safetensors writes owner-only files; the fixture is shipped as package data
+    write_fixture(out, model, processor, metrics, model_card(metrics, settings))
 
 
 def train(out: str | Path = DEFAULT_OUT, settings: TrainSettings | None = None, quantized_eval: bool = True) -> dict:

@@ -1,5 +1,5 @@
 """What every fixture training script here shares: seeding, CPU threads, the LR schedule, one optimizer
-step, and the command line (``--out --seed --steps --batch-size``).
+step, the command line (``--out --seed --steps --batch-size``) and writing the fixture folder.
 
 >>> generator = seed_everything(0)
 >>> round(lr_factor(0, total=100, warmup=10), 2), round(lr_factor(100, total=100, warmup=10), 2)
@@ -9,6 +9,7 @@ step, and the command line (``--out --seed --steps --batch-size``).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -76,3 +77,16 @@ def settings_from_command_line(
     args = parser.parse_args(argv)
     transformers.utils.logging.disable_progress_bar()
     return args.out, replace(defaults, seed=args.seed, steps=args.steps, batch_size=args.batch_size)  # type: ignore[type-var]
+
+
+def write_fixture(out: Path, model: Any, processor: Any, metrics: dict, model_card: str) -> None:
+    """Save ``model`` and ``processor`` (safetensors, configs, tokenizer) with ``training_metrics.json`` and the
+    ``README.md`` model card into ``out``, every file readable by all (it ships as package data)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "training_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card, encoding="utf-8")
+    for path in out.iterdir():
+        if path.is_file():
+            path.chmod(0o644)  # safetensors writes owner-only files
