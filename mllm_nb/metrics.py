@@ -41,10 +41,7 @@ def cer(reference: str | Sequence[str], hypothesis: str | Sequence[str], *, igno
     >>> cer("ABCD", "ABD"), cer(["AB", "CDEF"], ["AB", "CDXF"])
     (0.25, 0.16666666666666666)
     """
-    pairs = _pairs(reference, hypothesis, "cer")
-    if ignore_case:
-        pairs = [(ref.casefold(), hyp.casefold()) for ref, hyp in pairs]
-    return _rate([(ref, hyp) for ref, hyp in pairs], "characters")
+    return _rate(_pairs(reference, hypothesis, "cer", ignore_case), "characters")
 
 
 def wer(reference: str | Sequence[str], hypothesis: str | Sequence[str], *, ignore_case: bool = False) -> float:
@@ -53,13 +50,11 @@ def wer(reference: str | Sequence[str], hypothesis: str | Sequence[str], *, igno
     >>> wer("a red fox", "a fox"), wer(["one two", "three"], ["one two", "tree"])
     (0.3333333333333333, 0.3333333333333333)
     """
-    pairs = _pairs(reference, hypothesis, "wer")
-    if ignore_case:
-        pairs = [(ref.casefold(), hyp.casefold()) for ref, hyp in pairs]
+    pairs = _pairs(reference, hypothesis, "wer", ignore_case)
     return _rate([(ref.split(), hyp.split()) for ref, hyp in pairs], "words")
 
 
-def _rate(pairs: list[tuple[Sequence[Any], Sequence[Any]]], unit: str) -> float:
+def _rate(pairs: Sequence[tuple[Sequence[Any], Sequence[Any]]], unit: str) -> float:
     """Summed edit distances over summed reference lengths."""
     total = sum(len(ref) for ref, _ in pairs)
     errors = sum(edit_distance(ref, hyp) for ref, hyp in pairs)
@@ -73,8 +68,14 @@ def _rate(pairs: list[tuple[Sequence[Any], Sequence[Any]]], unit: str) -> float:
     return errors / total
 
 
-def _pairs(reference: Any, hypothesis: Any, name: str) -> list[tuple[str, str]]:
-    """Check the inputs: two strings, or two lists of strings of the same length."""
+def _pairs(reference: Any, hypothesis: Any, name: str, ignore_case: bool = False) -> list[tuple[str, str]]:
+    """Check the inputs (two strings, or two lists of strings of the same length) and pair them up, case-folded
+    when ``ignore_case``."""
+    pairs = _checked_pairs(reference, hypothesis, name)
+    return [(ref.casefold(), hyp.casefold()) for ref, hyp in pairs] if ignore_case else pairs
+
+
+def _checked_pairs(reference: Any, hypothesis: Any, name: str) -> list[tuple[str, str]]:
     if isinstance(reference, str) and isinstance(hypothesis, str):
         return [(reference, hypothesis)]
     if isinstance(reference, str) or isinstance(hypothesis, str):

@@ -35,6 +35,7 @@ from mllm_nb.demo.shapes import (
 )
 from mllm_nb.demo.training import (
     lr_factor,
+    make_adamw,
     optimizer_step,
     seed_everything,
     settings_from_command_line,
@@ -164,11 +165,7 @@ def multi_positive_clip_loss(logits_per_image: torch.Tensor, labels: torch.Tenso
 
 def make_optimizer(model: CLIPModel, settings: TrainSettings) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on embeddings, norms, biases or the logit scale)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98))
+    return make_adamw(model.named_parameters(), settings.lr, settings.weight_decay, no_decay=("embedding",))
 
 
 def _sample_batch(

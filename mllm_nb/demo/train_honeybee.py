@@ -58,6 +58,8 @@ from mllm_nb.demo.text_scenes import (
 from mllm_nb.demo.train_llava import build_tokenizer
 from mllm_nb.demo.training import (
     lr_factor,
+    make_adamw,
+    optimizer_step,
     seed_everything,
     torch_threads,
     write_fixture,
@@ -441,10 +443,7 @@ def forward_shared_prefix(model: HoneybeeForConditionalGeneration, batch: Batch)
 
 def make_optimizer(params: list[tuple[str, nn.Parameter]], settings: TrainSettings, lr: float) -> torch.optim.AdamW:
     """AdamW; no weight decay on embeddings, norms, biases and positional parameters."""
-    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n and "pos_emb" not in n]
-    keep = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n and "pos_emb" not in n)]
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+    return make_adamw(params, lr, settings.weight_decay, no_decay=("embed", "pos_emb"))
 
 
 def _log_line(log: dict[str, list[float]], step: int, losses: dict[str, torch.Tensor], phase: str) -> None:
@@ -469,11 +468,7 @@ def _run_steps(
     log: dict[str, list[float]] = defaultdict(list)
     for step in range(steps):
         losses = loss_fn(step)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(sum(losses.values()), optimizer, scheduler, clip=[p for _, p in params])
         if settings.log_every and (step % settings.log_every == 0 or step == steps - 1):
             _log_line(log, step, {k: v.detach() for k, v in losses.items()}, phase)
     return dict(log)

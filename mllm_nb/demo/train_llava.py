@@ -57,6 +57,7 @@ from mllm_nb.demo.shapes import (
 )
 from mllm_nb.demo.training import (
     lr_factor,
+    make_adamw,
     optimizer_step,
     seed_everything,
     settings_from_command_line,
@@ -499,13 +500,9 @@ def warm_up_vision(
 
 
 def make_optimizer(model: LlavaForConditionalGeneration, settings: TrainSettings) -> torch.optim.AdamW:
-    """AdamW over the projector and the language model; no decay on embeddings, norms and biases."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and "embed" not in name else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98))
+    """AdamW over the trainable parameters (projector and language model); no decay on embeddings, norms, biases."""
+    trainable = ((name, param) for name, param in model.named_parameters() if param.requires_grad)
+    return make_adamw(trainable, settings.lr, settings.weight_decay)
 
 
 def train_model(

@@ -1,5 +1,5 @@
-"""What every fixture training script here shares: seeding, CPU threads, the LR schedule, one optimizer
-step, the command line (``--out --seed --steps --batch-size``) and writing the fixture folder.
+"""What every fixture training script here shares: seeding, CPU threads, AdamW, the LR schedule, one
+optimizer step, the command line (``--out --seed --steps --batch-size``) and writing the fixture folder.
 
 >>> generator = seed_everything(0)
 >>> round(lr_factor(0, total=100, warmup=10), 2), round(lr_factor(100, total=100, warmup=10), 2)
@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -51,14 +51,33 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def make_adamw(
+    named_params: Iterable[tuple[str, torch.nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    no_decay: Sequence[str] = ("embed",),
+) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.98) with weight decay on weight matrices only: not on norms, biases, scalars or
+    parameters whose name contains one of ``no_decay``."""
+    decay, keep = [], []
+    for name, param in named_params:
+        (decay if param.ndim >= 2 and not any(part in name for part in no_decay) else keep).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+
+
 def optimizer_step(
-    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any, clip: torch.nn.Module | None = None
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    clip: torch.nn.Module | Iterable[torch.Tensor] | None = None,
 ) -> None:
-    """Backward, optional gradient clipping (norm 1 over ``clip``'s parameters), step, schedule."""
+    """Backward, optional gradient clipping (norm 1 over ``clip``: a module's or the given parameters), step,
+    schedule."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip is not None:
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(clip.parameters() if isinstance(clip, torch.nn.Module) else clip, 1.0)
     optimizer.step()
     scheduler.step()
 
