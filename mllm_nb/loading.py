@@ -11,12 +11,13 @@ Loaded llava-hf/llava-1.5-7b-hf (LlavaForConditionalGeneration, 7.1B parameters)
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import inspect
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -263,7 +264,7 @@ def _from_pretrained(
 
     quantization_config = _quantization_config(quantization, dtype)
     try:
-        with quiet_fixture_loading(quiet), _quiet_bitsandbytes(), _read_shards_without_mmap():
+        with quiet_fixture_loading(quiet), _quiet_bitsandbytes(), _read_shards_without_mmap(), _trim_between_tensors():
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=dtype, device_map=device_map, quantization_config=quantization_config
@@ -310,6 +311,44 @@ def _read_shards_without_mmap() -> Iterator[None]:
         yield
     finally:
         modeling_utils.safe_open = original
+
+
+def _malloc_trim() -> Callable[[], None] | None:
+    """glibc's ``malloc_trim(0)`` (hand freed heap pages back to the system), or ``None`` off glibc."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: trim(0)
+
+
+@contextmanager
+def _trim_between_tensors() -> Iterator[None]:
+    """Give freed memory back to the system before transformers reads each checkpoint tensor.
+
+    Every tensor read from a shard (and its float copy while it is quantized) is freed once converted, but
+    glibc keeps most freed blocks for reuse, so without this the process's resident memory still grows by
+    about a shard while loading. Off glibc (macOS, Windows) this does nothing.
+    """
+    import transformers.core_model_loading as core_model_loading
+
+    trim = _malloc_trim()
+    original = getattr(core_model_loading, "_materialize_copy", None)
+    if trim is None or original is None:
+        yield
+        return
+
+    def trimmed_copy(*args: Any, **kwargs: Any) -> Any:
+        trim()
+        return original(*args, **kwargs)
+
+    core_model_loading._materialize_copy = trimmed_copy
+    try:
+        yield
+    finally:
+        core_model_loading._materialize_copy = original
+        trim()
 
 
 def _avoid_packed_cpu_kernel(model: torch.nn.Module) -> None:

@@ -349,3 +349,35 @@ def test_shards_are_read_with_pread_not_memory_mapped(tiny_llava_dir, monkeypatc
     reference = type(vlm.model).from_pretrained(tiny_llava_dir)
     for (name, mine), theirs in zip(vlm.model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(mine, theirs), name
+
+
+def test_freed_memory_is_handed_back_before_every_tensor_read(tiny_llava_dir, monkeypatch, capsys):
+    """glibc keeps freed read buffers for reuse (a shard's worth of RAM while loading); load_vlm trims
+    before every tensor transformers materialises, and puts transformers' function back afterwards."""
+    import transformers.core_model_loading as core_model_loading
+
+    from mllm_nb import loading
+
+    if loading._malloc_trim() is None:
+        pytest.skip("not glibc: nothing to trim")
+    events: list[str] = []
+    monkeypatch.setattr(loading, "_malloc_trim", lambda: lambda: events.append("trim"))
+    original = core_model_loading._materialize_copy
+
+    def spy(*args, **kwargs):
+        events.append("read")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(core_model_loading, "_materialize_copy", spy)
+    vlm = load_vlm(str(tiny_llava_dir), quantization=None)
+    reads = events.count("read")
+    assert reads == len(vlm.model.state_dict())
+    assert events[:-1] == ["trim", "read"] * reads and events[-1] == "trim"
+    assert core_model_loading._materialize_copy is spy
+
+
+def test_malloc_trim_runs_on_this_machine():
+    from mllm_nb import loading
+
+    trim = loading._malloc_trim()
+    assert trim is None or trim() in (0, 1)
