@@ -331,7 +331,7 @@ def _trim_between_tensors() -> Iterator[None]:
     glibc keeps most freed blocks for reuse, so without this the process's resident memory still grows by
     about a shard while loading. Off glibc (macOS, Windows) this does nothing.
     """
-    import transformers.core_model_loading as core_model_loading
+    from transformers import core_model_loading
 
     trim = _malloc_trim()
     original = getattr(core_model_loading, "_materialize_copy", None)

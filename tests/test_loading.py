@@ -354,7 +354,7 @@ def test_shards_are_read_with_pread_not_memory_mapped(tiny_llava_dir, monkeypatc
 def test_freed_memory_is_handed_back_before_every_tensor_read(tiny_llava_dir, monkeypatch, capsys):
     """glibc keeps freed read buffers for reuse (a shard's worth of RAM while loading); load_vlm trims
     before every tensor transformers materialises, and puts transformers' function back afterwards."""
-    import transformers.core_model_loading as core_model_loading
+    from transformers import core_model_loading
 
     from mllm_nb import loading
 
