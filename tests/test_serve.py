@@ -139,7 +139,7 @@ def test_stop_ends_the_stream_and_the_server_stops_generating(server):
     # the server runs one generation at a time: had it kept going (1500 tokens, several seconds),
     # this short question would wait behind it
     started = time.monotonic()
-    assert backend.ask("w1", images=circle(), max_new_tokens=2)
+    assert backend.ask("w1", images=circle(), **at_least(2))  # two tokens whatever the model makes of "w1"
     assert time.monotonic() - started < 1.5
 
     panel = ChatPanel(long_backend_for(server))
