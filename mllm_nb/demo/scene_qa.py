@@ -386,8 +386,8 @@ def corpus() -> Iterator[str]:
 
 
 def pair_corpus() -> Iterator[str]:
-    """Every two-image question phrasing and answer word (kept apart from :func:`corpus`, whose vocabulary
-    the committed one-image fixture was built from)."""
+    """Every two-image question phrasing and answer word (apart from :func:`corpus`, so a vocabulary can be built
+    for one-image questions only; the demo LLaVA's tokenizer takes both)."""
     yield from SAME_SHAPE_QUESTIONS
     yield from TOTAL_COUNT_QUESTIONS
     for color, shape in CLASSES:
