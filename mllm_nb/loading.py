@@ -331,8 +331,10 @@ def _trim_between_tensors() -> Iterator[None]:
     glibc keeps most freed blocks for reuse, so without this the process's resident memory still grows by
     about a shard while loading. Off glibc (macOS, Windows) this does nothing.
     """
-    from transformers import core_model_loading
-
+    try:
+        from transformers import core_model_loading
+    except ImportError:  # a transformers 5 release that loads another way: nothing to hook
+        core_model_loading = None
     trim = _malloc_trim()
     original = getattr(core_model_loading, "_materialize_copy", None)
     if trim is None or original is None:
