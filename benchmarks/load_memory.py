@@ -3,7 +3,8 @@
 A randomly initialised llava-style checkpoint (CLIP-L/14-like vision tower, a 6-layer Llama with
 2048 hidden units and an 8k vocabulary, about 1.6 GB in float32) is saved in a temporary folder in
 three shards of at most 550 MB: the layout of ``llava-hf/llava-1.5-7b-hf`` (three shards, the largest
-about a third of the checkpoint), scaled down. A fresh Python process then loads it with ``load_vlm(folder, quantization="4bit")``
+about a third of the checkpoint), scaled down (``--shard-size 300MB`` gives six smaller shards). A
+fresh Python process then loads it with ``load_vlm(folder, quantization="4bit")``
 (bitsandbytes NF4 on the CPU) and reports its peak RSS (``ru_maxrss``); a second fresh process
 only imports what loading imports (torch, transformers, bitsandbytes, mllm_nb.loading and the
 LLaVA modelling code) and reports its peak the same way. The figure is
@@ -14,7 +15,7 @@ On a CPU-only machine the loaded 4-bit model itself (about 320 MB here) stays in
 that difference; on Colab it goes to the GPU. So the script also prints what loading holds on top of
 the finished model, the memory in flight, which is what a whole-model copy would blow up.
 
-Bar: <= 1.2. Run: ``.venv/bin/python benchmarks/load_memory.py [--dtype float32|float16]``.
+Bar: <= 1.2. Run: ``.venv/bin/python benchmarks/load_memory.py [--dtype float32|float16] [--shard-size 550MB]``.
 The last line is the figure.
 """
 
@@ -65,8 +66,8 @@ if importlib.util.find_spec("mllm_nb.plan") is None:  # the planner is not in th
 _REPORT = "print(json.dumps({'peak_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
 
 
-def build_checkpoint(folder: Path, dtype: str) -> None:
-    """Save the random llava-style model in ``dtype`` shards of at most 300 MB (in a child process)."""
+def build_checkpoint(folder: Path, dtype: str, shard_size: str = SHARD) -> None:
+    """Save the random llava-style model in ``dtype`` shards of at most ``shard_size`` (in a child process)."""
     code = f"""
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -77,7 +78,7 @@ text = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=6
 config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=8000)
 torch.manual_seed(0)
 model = LlavaForConditionalGeneration(config).to(torch.{dtype})
-model.save_pretrained({str(folder)!r}, max_shard_size={SHARD!r})
+model.save_pretrained({str(folder)!r}, max_shard_size={shard_size!r})
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
@@ -129,11 +130,12 @@ def _rss_anon(pid: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype stored in the shards")
+    parser.add_argument("--shard-size", default=SHARD, help=f"largest shard, e.g. 300MB (default {SHARD})")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="mllm_nb_load_memory_"))
     try:
-        build_checkpoint(folder, args.dtype)
+        build_checkpoint(folder, args.dtype, args.shard_size)
         shards = sorted(folder.glob("*.safetensors"))
         largest = max(p.stat().st_size for p in shards)
         total = sum(p.stat().st_size for p in shards)
