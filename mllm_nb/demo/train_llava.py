@@ -1,7 +1,8 @@
 """Train the tiny demo LLaVA (``transformers.LlavaForConditionalGeneration``) on questions about synthetic scenes.
 
 ``python -m mllm_nb.demo.train_llava [--out DIR] [--seed 0] [--steps N]`` regenerates the committed
-fixture ``mllm_nb/demo/fixtures/tiny-llava`` in a few minutes on two CPU cores. The vision tower
+fixture ``mllm_nb/demo/fixtures/tiny-llava`` in about 20 minutes on one CPU thread, the committed fixture's
+setting (``TrainSettings.num_threads``; two threads take about 11 minutes but give other weights). The vision tower
 starts from the tiny CLIP fixture; the projector and a small Llama are learnt here. The folder loads
 like any Hub checkpoint (``AutoProcessor``, ``AutoModelForImageTextToText``,
 ``LlavaForConditionalGeneration``) and answers the questions of :mod:`mllm_nb.demo.scene_qa`.
@@ -45,9 +46,9 @@ from mllm_nb.demo.scene_qa import (
     ask,
     ask_pair,
     corpus,
-    make_qa,
     make_pair_qa,
     make_pair_qa_set,
+    make_qa,
     make_qa_set,
     pair_corpus,
     sample_scene,
@@ -114,6 +115,9 @@ class TrainSettings:
     pair_pool_size: int = 1500  # two-image chats; each is also trained with its images swapped
     eval_size: int = 200
     pair_eval_size: int = 150
+    # At 2e-3 some runs (other seeds, depths, auxiliary losses) stall for hundreds of steps in a state that no
+    # longer reads colour: answer loss ~0.4 from step ~150, captions ~14%. 1e-3 avoided it in five trials, but
+    # two of them learnt the two-image "same shape" kind far worse (46%, 64%). Check the loss near step 300.
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
