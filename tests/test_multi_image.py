@@ -1,8 +1,9 @@
 """Prompts with several images: order kept end to end, warn-once advice, mixed batches, numbered display.
 
 Uses the tiny random LLaVA of tests/test_loading.py (32 px images, 16 tokens each) and the tiny
-catalog-shaped models of tests/test_budget.py (real OneVision image-token rules). The trained-fixture
-test that swapping two images flips the answer comes with the trained fixture.
+catalog-shaped models of tests/test_budget.py (real OneVision image-token rules). A test that swapping two
+images flips a trained model's answer is still missing: the tiny fixture keeps its "which image?" answer when the
+images are swapped (3 of 40 fresh pairs flip), so order is checked here down to the pixels and features.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Train the tiny demo LLaVA (``transformers.LlavaForConditionalGeneration``) on questions about synthetic scenes.
 
 ``python -m mllm_nb.demo.train_llava [--out DIR] [--seed 0] [--steps N]`` regenerates the committed
-fixture ``mllm_nb/demo/fixtures/tiny-llava`` in about 20 minutes on one CPU thread, the committed fixture's
-setting (``TrainSettings.num_threads``; two threads take about 11 minutes but give other weights). The vision tower
-starts from the tiny CLIP fixture; the projector and a small Llama are learnt here. The folder loads
-like any Hub checkpoint (``AutoProcessor``, ``AutoModelForImageTextToText``,
-``LlavaForConditionalGeneration``) and answers the questions of :mod:`mllm_nb.demo.scene_qa`.
+fixture ``mllm_nb/demo/fixtures/tiny-llava`` in about 11 minutes on two CPU threads (632 s with the data,
+then seconds of evaluation), the committed fixture's setting (``TrainSettings.num_threads``; other thread
+counts give other weights). The vision tower starts from the tiny CLIP fixture; the projector and a small
+Llama are learnt here. The folder loads like any Hub checkpoint (``AutoProcessor``,
+``AutoModelForImageTextToText``, ``LlavaForConditionalGeneration``) and answers the questions of
+:mod:`mllm_nb.demo.scene_qa`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import string
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
 )
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from mllm_nb.demo.scene_qa import (
     KINDS,
@@ -80,6 +83,7 @@ EVAL_SEED_OFFSET = 1000  # held-out questions use seed + this; the training pool
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 PATCH_SIZE = 8
+MAX_IMAGES = 4  # images per prompt the image-index probe tells apart in training
 
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -110,15 +114,15 @@ class TrainSettings:
     seed: int = 0
     steps: int = 1100  # LLaVA steps (vision tower frozen)
     batch_size: int = 32
+    length_groups: int = 2  # forward passes per batch, by length (less padding; the same loss)
     pool_size: int = 6000  # one-image training chats
     turns: int = 4  # questions per chat
     pair_pool_size: int = 1500  # two-image chats; each is also trained with its images swapped
     eval_size: int = 200
     pair_eval_size: int = 150
     # At 2e-3 some runs (other seeds, depths, auxiliary losses) stall for hundreds of steps in a state that no
-    # longer reads colour: answer loss ~0.4 from step ~150, captions ~14%. 1e-3 avoided it in five trials, but
-    # two of them learnt the two-image "same shape" kind far worse (46%, 64%). Check the loss near step 300.
-    lr: float = 2e-3
+    # longer reads colour: answer loss ~0.4 from step ~150, captions ~14%. 1e-3 avoided it in every trial.
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
     vary_case_p: float = 0.1  # lower-case the first letter / drop the final mark of a training question
@@ -142,8 +146,22 @@ class TrainSettings:
     rope_window: int = 32  # llama3: wavelengths below this many tokens keep turning
     weight_answers_equally: bool = False  # True: a one-word answer weighs as much as a caption (learnt slower)
     lookup_steps: int = 0  # first steps drawn only from chats that open with a lookup (colour, shape, side)
+    # Attention supervision. A lookup ("is the red circle on the left or the right?") must find the named object
+    # among 64-128 visual tokens and read its attribute back at the answer; left to the answer loss alone the
+    # side and which-image lookups stayed at chance even on training data (the model card has the measurements).
+    # So one head of one layer is taught to attend from the answer position (``ASSISTANT:``) of every question
+    # that names an object to that object's visual tokens (loss: -log of that attention mass), and a linear probe
+    # teaches every visual token which image it belongs to (first, second, ...) after ``image_index_layer``
+    # layers; the probe is dropped. Tried and dropped: the same kind of supervision for captions and "what is on
+    # the left?" (each object as the answer names it), on this head or another: side questions fell to 39-54%.
+    attend_weight: float = 0.2  # of the attention loss (0: none)
+    attend_layer: int = 2  # of text_layers; the last layer is too late for a readout (side 46% there)
+    attend_head: int = 2
+    attend_turns: int = 4  # questions of each chat supervised; 1 (the first only) left which-image at 58%
+    image_index_weight: float = 0.1  # of the probe's cross-entropy (0: none)
+    image_index_layer: int = 1
     vision_feature_layer: int = -1
-    num_threads: int = 1  # the weights depend on it (float summation order); the committed fixture used 1
+    num_threads: int = 2  # the weights depend on it (float summation order); the committed fixture used 2
     log_every: int = 100
 
 
@@ -332,11 +350,77 @@ def make_pair_dialogue(rng: np.random.Generator, first_kind: str, turns: int) ->
 
 @dataclass
 class Example:
-    """One training sequence: ids, labels (-100 outside the answers) and the pixels of its images."""
+    """One training sequence: ids, labels (-100 outside the answers), the pixels of its images, and the
+    supervision targets: ``(turn, answer position, visual tokens of the object its question names)`` for
+    every question that names one (``attend_targets``), and the image of every visual token (``image_index``:
+    0, 1, ...; -100 for text)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor
+    attend_targets: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
+    image_index: torch.Tensor | None = None
+
+
+def named_object(qa: QA) -> tuple[str | None, str | None] | None:
+    """``(colour, shape)`` of the object ``qa`` asks about (``None``: any colour / any shape); ``None`` for
+    questions that name no object (captions, counts, places)."""
+    question = qa.question.lower()
+    if qa.kind == "color":
+        return None, next(s for s in SHAPES if s in question)
+    if qa.kind == "shape":
+        return next(c for c in COLORS if c in question), None
+    if qa.kind in ("side", "which_image"):
+        return next((c, s) for c in COLORS for s in SHAPES if f"{c} {s}" in question)
+    return None
+
+
+def object_patches(targets: torch.Tensor, color: str | None, shape: str | None) -> torch.Tensor:
+    """Which patches (raster order) show an object of ``color`` and ``shape`` (``None``: any), given a scene's
+    :func:`patch_targets`."""
+    mask = targets[:, 0] > 0
+    if color is not None:
+        mask &= targets[:, 0] == list(COLORS).index(color) + 1
+    if shape is not None:
+        mask &= targets[:, 1] == SHAPES.index(shape) + 1
+    return mask
+
+
+def named_visual_tokens(
+    input_ids: torch.Tensor, image_token_id: int, qa: QA, targets: Sequence[torch.Tensor]
+) -> torch.Tensor | None:
+    """Which tokens of ``input_ids`` are visual tokens of the object ``qa`` names, over all its images
+    (``targets``: the :func:`patch_targets` of ``qa.scenes``)."""
+    named = named_object(qa)
+    if named is None:
+        return None
+    mask = torch.zeros(len(input_ids), dtype=torch.bool)
+    mask[input_ids == image_token_id] = torch.cat([object_patches(t, *named) for t in targets])
+    return mask
+
+
+def attend_targets(
+    input_ids: torch.Tensor, assistant_id: int, image_token_id: int, dialogue: Sequence[QA]
+) -> list[tuple[int, int, torch.Tensor]]:
+    """``(turn, position of its ASSISTANT: token, visual tokens of the named object)`` for every turn of
+    ``dialogue`` whose question names an object."""
+    answers = (input_ids == assistant_id).nonzero().squeeze(1).tolist()
+    scenes = {id(scene): scene for qa in dialogue for scene in qa.scenes}  # the turns share their scenes
+    patches = {key: patch_targets(scene) for key, scene in scenes.items()}
+    targets = []
+    for turn, (qa, answer_at) in enumerate(zip(dialogue, answers)):
+        named = named_visual_tokens(input_ids, image_token_id, qa, [patches[id(scene)] for scene in qa.scenes])
+        if named is not None:
+            targets.append((turn, answer_at, named))
+    return targets
+
+
+def image_indices(input_ids: torch.Tensor, image_token_id: int, n_images: int) -> torch.Tensor:
+    """The image (0, 1, ...) of every visual token of ``input_ids``; -100 for text tokens."""
+    index = torch.full_like(input_ids, -100)
+    visual = input_ids == image_token_id
+    index[visual] = torch.arange(int(visual.sum())) // (int(visual.sum()) // n_images)
+    return index
 
 
 def answer_labels(input_ids: torch.Tensor, assistant_id: int, eos_id: int) -> torch.Tensor:
@@ -356,6 +440,7 @@ def encode_dialogues(processor: LlavaProcessor, dialogues: Sequence[Sequence[QA]
     """Whole chats through the chat template and the processor, exactly as a prompt is at inference."""
     tokenizer = processor.tokenizer
     assistant_id = tokenizer.convert_tokens_to_ids("▁ASSISTANT:")
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     examples: list[Example] = []
     for start in range(0, len(dialogues), chunk):
         part = dialogues[start : start + chunk]
@@ -368,7 +453,15 @@ def encode_dialogues(processor: LlavaProcessor, dialogues: Sequence[Sequence[QA]
             n_images = len(dialogue[0].images)
             pixels = enc["pixel_values"][image_at : image_at + n_images]
             image_at += n_images
-            examples.append(Example(ids, answer_labels(ids, assistant_id, tokenizer.eos_token_id), pixels))
+            examples.append(
+                Example(
+                    ids,
+                    answer_labels(ids, assistant_id, tokenizer.eos_token_id),
+                    pixels,
+                    attend_targets(ids, assistant_id, image_token_id, dialogue),
+                    image_index=image_indices(ids, image_token_id, n_images),
+                )
+            )
     return examples
 
 
@@ -408,25 +501,96 @@ def answer_weights(labels: torch.Tensor, eos_id: int) -> torch.Tensor:
     return weights
 
 
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy where each answer counts once, whatever its length."""
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    ce = F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=-100, reduction="none")
-    w = weights[:, 1:].reshape(-1)
-    return (ce * w).sum() / w.sum().clamp(min=1e-6)
+def answer_token_losses(
+    model: LlavaForConditionalGeneration, last_hidden: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy at every answer token (where ``labels`` is not -100), in row order; the
+    language-model head runs only there, not over the image and question tokens."""
+    targets = labels[:, 1:]
+    answer = targets != -100
+    logits = model.lm_head(last_hidden[:, :-1][answer]).float()
+    return F.cross_entropy(logits, targets[answer], reduction="none")
 
 
-def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch (positions then start at 0 as in left-padded generation)."""
+def length_groups(examples: Sequence[Example], groups: int) -> list[list[Example]]:
+    """``examples`` sorted by length and cut into ``groups`` parts of (nearly) equal size, so that each part
+    pads to a width close to its own lengths (one-image chats are ~115 tokens, two-image ones ~165)."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    bounds = np.linspace(0, len(ordered), min(groups, len(ordered)) + 1).round().astype(int)
+    return [ordered[start:end] for start, end in pairwise(bounds)]
+
+
+def collate(examples: Sequence[Example], pad_id: int, attend_turns: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded batch (positions then start at 0 as in left-padded generation), with the supervision
+    targets of the first ``attend_turns`` turns, one per target: ``attend_row``, ``attend_from`` (its answer
+    position) and ``named_mask`` (batch width); and ``image_index`` (-100 for text and padding)."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    image_index = torch.full((len(examples), width), -100, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    attend_row, attend_from, named_masks = [], [], []
     for row, e in enumerate(examples):
         n = len(e.input_ids)
         ids[row, :n], labels[row, :n], mask[row, :n] = e.input_ids, e.labels, 1
+        if e.image_index is not None:
+            image_index[row, :n] = e.image_index
+        for turn, answer_at, named in e.attend_targets:
+            if turn < attend_turns:
+                attend_row.append(row), attend_from.append(answer_at)
+                named_masks.append(F.pad(named, (0, width - n)))
     pixels = torch.cat([e.pixel_values for e in examples])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "pixel_values": pixels,
+        "attend_row": torch.tensor(attend_row, dtype=torch.long),
+        "attend_from": torch.tensor(attend_from, dtype=torch.long),
+        "named_mask": torch.stack(named_masks) if named_masks else torch.zeros((0, width), dtype=torch.bool),
+        "image_index": image_index,
+    }
+
+
+def attention_mass_losses(attention: torch.Tensor, named_mask: torch.Tensor) -> torch.Tensor:
+    """``-log`` of the attention mass (``(targets, keys)``) on the ``named_mask`` keys, one per target."""
+    mass = (attention * named_mask).sum(-1)
+    return -torch.log(mass.clamp(min=1e-6))
+
+
+def head_attention(
+    model: LlavaForConditionalGeneration,
+    layer_input: torch.Tensor,
+    layer: int,
+    head: int,
+    rows: torch.Tensor,
+    queries: torch.Tensor,
+) -> torch.Tensor:
+    """Attention weights ``(len(rows), keys)`` of ``head`` of language-model ``layer`` from position
+    ``queries[i]`` of batch row ``rows[i]``, recomputed from the layer's input (``hidden_states[layer]``).
+
+    They equal what eager attention returns, so the model itself can run with SDPA while one head is
+    supervised; positions run from 0 in every row (right padding), keys after the query are masked.
+    """
+    language_model = model.model.language_model
+    attention = language_model.layers[layer].self_attn
+    x = language_model.layers[layer].input_layernorm(layer_input[rows])
+    n, seq, _ = x.shape
+    shape = (n, seq, -1, attention.head_dim)
+    q = attention.q_proj(x).view(shape)[:, :, head].unsqueeze(1)  # (n, 1, seq, head_dim)
+    k = attention.k_proj(x).view(shape)[:, :, head // attention.num_key_value_groups].unsqueeze(1)
+    cos, sin = language_model.rotary_emb(x, torch.arange(seq).expand(n, seq))
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    scores = (k[:, 0] @ q[torch.arange(n), 0, queries].unsqueeze(-1)).squeeze(-1) * attention.scaling
+    scores = scores.masked_fill(torch.arange(seq) > queries.unsqueeze(1), float("-inf"))
+    return F.softmax(scores, dim=-1, dtype=torch.float32)
+
+
+def image_index_losses(probe: torch.nn.Linear, hidden: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``probe`` reading every visual token's image (first, second, ...) from ``hidden``,
+    one per visual token."""
+    visual = image_index >= 0
+    return F.cross_entropy(probe(hidden[visual]), image_index[visual], reduction="none")
 
 
 # --- vision warm-up -----------------------------------------------------------------------------
@@ -527,10 +691,74 @@ def warm_up_vision(
 # --- training ------------------------------------------------------------------------------------
 
 
-def make_optimizer(model: LlavaForConditionalGeneration, settings: TrainSettings) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (projector and language model); no decay on embeddings, norms, biases."""
-    trainable = ((name, param) for name, param in model.named_parameters() if param.requires_grad)
+def make_optimizer(
+    model: LlavaForConditionalGeneration, settings: TrainSettings, probe: torch.nn.Module
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (projector, language model and the image-index probe); no decay on
+    embeddings, norms, biases."""
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    trainable += [(f"probe.{name}", param) for name, param in probe.named_parameters()]
     return make_adamw(trainable, settings.lr, settings.weight_decay)
+
+
+def supervises_attention(settings: TrainSettings) -> bool:
+    """Whether training needs the hidden states (an auxiliary loss is on)."""
+    return settings.attend_weight > 0 or settings.image_index_weight > 0
+
+
+def batch_loss_sums(
+    model: LlavaForConditionalGeneration,
+    probe: torch.nn.Linear,
+    batch: dict[str, torch.Tensor],
+    settings: TrainSettings,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{part: (sum, count)}`` over one collated batch: ``answer`` (next-token loss on the answers, each
+    token weighted), ``attend`` and ``image`` (the auxiliary losses, when their weight is not 0)."""
+    out = model.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        output_hidden_states=supervises_attention(settings),
+    )
+    labels = batch["labels"]
+    if settings.weight_answers_equally:
+        weights = torch.stack([answer_weights(row, model.config.text_config.eos_token_id) for row in labels])
+    else:
+        weights = (labels != -100).float()
+    weights = weights[:, 1:][labels[:, 1:] != -100]
+    answer = answer_token_losses(model, out.last_hidden_state, labels)
+    sums = {"answer": ((answer * weights).sum(), weights.sum())}
+    if settings.attend_weight > 0:
+        layer, head, rows = settings.attend_layer, settings.attend_head, batch["attend_row"]
+        attend = torch.zeros(0)
+        if len(rows):
+            attention = head_attention(model, out.hidden_states[layer], layer, head, rows, batch["attend_from"])
+            attend = attention_mass_losses(attention, batch["named_mask"])
+        sums["attend"] = (attend.sum(), torch.tensor(float(len(attend))))
+    if settings.image_index_weight > 0:
+        image = image_index_losses(probe, out.hidden_states[settings.image_index_layer], batch["image_index"])
+        sums["image"] = (image.sum(), torch.tensor(float(len(image))))
+    return sums
+
+
+def training_loss(
+    model: LlavaForConditionalGeneration,
+    probe: torch.nn.Linear,
+    batches: Sequence[dict[str, torch.Tensor]],
+    settings: TrainSettings,
+) -> dict[str, torch.Tensor]:
+    """The weighted parts of the loss of one training batch given as ``batches`` (its length groups): each
+    part is its mean over all of them, exactly as if they were one batch."""
+    totals: dict[str, list[torch.Tensor]] = {}
+    for batch in batches:
+        for name, (total, count) in batch_loss_sums(model, probe, batch, settings).items():
+            totals.setdefault(name, []).append(torch.stack([total, count]))
+    weight = {"answer": 1.0, "attend": settings.attend_weight, "image": settings.image_index_weight}
+    parts = {}
+    for name, pieces in totals.items():
+        total, count = torch.stack(pieces).sum(0)
+        parts[name] = weight[name] * total / count.clamp(min=1e-6)
+    return parts
 
 
 def train_model(
@@ -539,17 +767,18 @@ def train_model(
     settings: TrainSettings,
     lookups: Sequence[int] = (),
 ) -> list[float]:
-    """Next-token loss on the answers of random pool batches; returns the logged losses.
+    """Next-token loss on the answers of random pool batches, plus the attention supervision; returns the
+    logged losses (the sum of the parts).
 
     The first ``settings.lookup_steps`` batches come only from the chats at ``lookups`` (those that
-    open with a lookup question): matching a named object to its patches is the slowest skill to
-    start, and it starts sooner when it is most of the signal.
+    open with a lookup question).
     """
     generator = seed_everything(settings.seed)
     pad_id = model.config.text_config.pad_token_id
-    eos_id = model.config.text_config.eos_token_id
     model.model.vision_tower.requires_grad_(False)  # already taught by warm_up_vision
-    optimizer = make_optimizer(model, settings)
+    probe = torch.nn.Linear(model.config.text_config.hidden_size, MAX_IMAGES)  # dropped after training
+    optimizer = make_optimizer(model, settings, probe)
+    clipped = [p for p in [*model.parameters(), *probe.parameters()] if p.requires_grad]
     schedule = lambda s: lr_factor(s, settings.steps, settings.warmup_steps)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
@@ -558,18 +787,15 @@ def train_model(
     for step in range(settings.steps):
         source = lookups if step < settings.lookup_steps and lookups else range(len(pool))
         pick = [source[i] for i in torch.randint(len(source), (settings.batch_size,), generator=generator).tolist()]
-        batch = collate([pool[i] for i in pick], pad_id)
-        labels = batch.pop("labels")
-        logits = model(**batch).logits
-        if settings.weight_answers_equally:
-            weights = torch.stack([answer_weights(row, eos_id) for row in labels])
-        else:
-            weights = (labels != -100).float()
-        loss = answer_loss(logits, labels, weights)
-        optimizer_step(loss, optimizer, scheduler, clip=model)
+        groups = length_groups([pool[i] for i in pick], settings.length_groups)
+        batches = [collate(g, pad_id, settings.attend_turns) for g in groups]
+        parts = training_loss(model, probe, batches, settings)
+        loss = sum(parts.values())
+        optimizer_step(loss, optimizer, scheduler, clip=clipped)
         if settings.log_every and (step % settings.log_every == 0 or step == settings.steps - 1):
             losses.append(round(loss.item(), 4))
-            print(f"step {step:5d}  loss {loss.item():.4f}", flush=True)
+            detail = "  ".join(f"{name} {part.item():.4f}" for name, part in parts.items())
+            print(f"step {step:5d}  loss {loss.item():.4f}  ({detail})", flush=True)
     model.eval()
     return losses
 
@@ -664,6 +890,22 @@ def _rope_note(settings: TrainSettings) -> str:
     return f"; dimensions with wavelengths over {settings.rope_window} tokens turn {settings.rope_factor:g}x slower"
 
 
+def _supervision_note(settings: TrainSettings) -> str:
+    notes = []
+    if settings.attend_weight > 0:
+        notes.append(
+            f"head {settings.attend_head} of layer {settings.attend_layer} is taught to attend from the answer "
+            f"position of every question that names an object (in the first {settings.attend_turns} turns of a chat) "
+            f"to that object's visual tokens (weight {settings.attend_weight:g})"
+        )
+    if settings.image_index_weight > 0:
+        notes.append(
+            f"a linear probe, dropped afterwards, teaches every visual token which image it belongs to after "
+            f"{settings.image_index_layer} layer(s) (weight {settings.image_index_weight:g})"
+        )
+    return f", plus attention supervision: {'; '.join(notes)}" if notes else " only"
+
+
 def model_card(metrics: dict, settings: TrainSettings) -> str:
     """The README.md written next to the weights."""
     return f"""# tiny-llava-shapes (mllm_nb demo fixture)
@@ -687,8 +929,16 @@ real photos and cannot hold a conversation; anything off its question kinds gets
   the answer ends with `</s>`.
 - Training: {settings.steps} steps of batch {settings.batch_size} over {settings.pool_size} seeded one-image chats
   and {settings.pair_pool_size} two-image chats, each also with its images swapped (seed {settings.seed}), loss on
-  the answer tokens only; {metrics["train_seconds"]:.0f} s on {settings.num_threads} CPU
+  the answer tokens{_supervision_note(settings)}; {metrics["train_seconds"]:.0f} s on {settings.num_threads} CPU
   thread{"s" if settings.num_threads > 1 else ""}, data generation included.
+
+Why the attention supervision: trained on the answers alone, the lookups that need the named object's place
+("is the red circle on the left or the right?") stayed at chance even on training questions (52%); no head
+of the answer position separated the named object from the others, and linear probes found the side in no
+layer's hidden state at the answer. With one head of layer 2 supervised as above, side questions reached
+89-93% on held-out scenes (the same head in the last layer: 46%, too late to be read). Measured while writing
+this script; the runs also showed how much the result moves with the seed and the thread count (one-image
+exact match 78-91% for the same recipe), so other seeds can land below the figures above.
 
 Question kinds (one phrasing each shown; answers have exactly one form):
 
@@ -710,8 +960,8 @@ pairs (seed {metrics["eval_seed"]}):
 |---|---|---|
 {_accuracy_table(metrics, "pair_", PAIR_KINDS)}
 
-Regenerate (seeded: the same machine and library versions give the same weights; other CPUs or
-versions may differ by float rounding, which can move an accuracy by a question or two):
+Regenerate (seeded: the same machine, thread count and library versions give the same weights; other CPUs,
+thread counts or versions differ by float rounding, which can move the accuracies by several points):
 
 ```
 python -m mllm_nb.demo.train_llava --seed {settings.seed} --steps {settings.steps}
