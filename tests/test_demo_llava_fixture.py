@@ -421,7 +421,15 @@ def test_attention_mass_loss_is_minus_log_of_the_mass_on_the_target() -> None:
     assert attention_mass_losses(attention[:0], named[:0]).shape == (0,)
 
 
-def test_head_attention_equals_what_eager_attention_returns(processor: LlavaProcessor) -> None:
+@pytest.fixture(scope="module")
+def eager_model() -> LlavaForConditionalGeneration:
+    """The fixture with eager attention, the implementation that returns attention weights."""
+    return LlavaForConditionalGeneration.from_pretrained(FIXTURE, attn_implementation="eager").eval()
+
+
+def test_head_attention_equals_what_eager_attention_returns(
+    processor: LlavaProcessor, eager_model: LlavaForConditionalGeneration
+) -> None:
     """The supervised head's weights are recomputed from the layer input so training can run with SDPA;
     they must be exactly the model's own attention, on a right-padded batch of different lengths."""
     from mllm_nb.demo.train_llava import (
@@ -431,7 +439,7 @@ def test_head_attention_equals_what_eager_attention_returns(processor: LlavaProc
         make_dialogue,
     )
 
-    model = LlavaForConditionalGeneration.from_pretrained(FIXTURE, attn_implementation="eager").eval()
+    model = eager_model
     rng = np.random.default_rng(3)
     examples = encode_dialogues(processor, [make_dialogue(rng, kind, 4) for kind in ("caption", "side", "color")])
     batch = collate(examples, processor.tokenizer.pad_token_id)
@@ -489,7 +497,9 @@ def test_supervised_head_learns_to_look_at_the_named_object() -> None:
     assert after < 0.6 * before, (before, after)
 
 
-def test_training_loss_by_length_groups_is_the_whole_batch_loss(processor: LlavaProcessor) -> None:
+def test_training_loss_by_length_groups_is_the_whole_batch_loss(
+    processor: LlavaProcessor, eager_model: LlavaForConditionalGeneration
+) -> None:
     """Cutting a batch into length groups (less padding) and computing logits only at the answers give
     the loss of the plain formulation: token-mean cross-entropy of the full logits, mean attention loss
     over targets (eager attention), mean probe loss over visual tokens."""
@@ -503,7 +513,7 @@ def test_training_loss_by_length_groups_is_the_whole_batch_loss(processor: Llava
         training_loss,
     )
 
-    model = LlavaForConditionalGeneration.from_pretrained(FIXTURE, attn_implementation="eager").eval()
+    model = eager_model
     rng = np.random.default_rng(8)
     chats = [make_dialogue(rng, kind, 4) for kind in ("side", "caption", "color", "shape")]
     chats += [make_pair_dialogue(rng, kind, 4) for kind in PAIR_KINDS]
