@@ -938,7 +938,8 @@ of the answer position separated the named object from the others, and linear pr
 layer's hidden state at the answer. With one head of layer 2 supervised as above, side questions reached
 89-93% on held-out scenes with seed 0 and 75% with seed 1 (the same head in the last layer: 46%, too late to be
 read). Measured while writing this script; the runs also showed how much the result moves with the seed and the
-thread count (one-image exact match 78-91% for the same recipe), so other seeds can land below the figures above.
+thread count (one-image exact match 69-91% for this recipe and its first-question-only variant; seed 1 of this
+one: 69%, with captions and places failing), so other seeds can land well below the figures above.
 
 Question kinds (one phrasing each shown; answers have exactly one form):
 
