@@ -936,7 +936,7 @@ Why the attention supervision: trained on the answers alone, the lookups that ne
 ("is the red circle on the left or the right?") stayed at chance even on training questions (52%); no head
 of the answer position separated the named object from the others, and linear probes found the side in no
 layer's hidden state at the answer. With one head of layer 2 supervised as above, side questions reached
-89-93% on held-out scenes with seed 0 and 75% with seed 1 (the same head in the last layer: 46%, too late to be
+89-93% on held-out scenes with seed 0 and 61-75% with seed 1 (the same head in the last layer: 46%, too late to be
 read). Measured while writing this script; the runs also showed how much the result moves with the seed and the
 thread count (one-image exact match 69-91% for this recipe and its first-question-only variant; seed 1 of this
 one: 69%, with captions and places failing), so other seeds can land well below the figures above.
