@@ -419,7 +419,8 @@ def image_indices(input_ids: torch.Tensor, image_token_id: int, n_images: int) -
     """The image (0, 1, ...) of every visual token of ``input_ids``; -100 for text tokens."""
     index = torch.full_like(input_ids, -100)
     visual = input_ids == image_token_id
-    index[visual] = torch.arange(int(visual.sum())) // (int(visual.sum()) // n_images)
+    n_visual = int(visual.sum())
+    index[visual] = torch.arange(n_visual) // (n_visual // n_images)
     return index
 
 
@@ -701,8 +702,8 @@ def make_optimizer(
     return make_adamw(trainable, settings.lr, settings.weight_decay)
 
 
-def supervises_attention(settings: TrainSettings) -> bool:
-    """Whether training needs the hidden states (an auxiliary loss is on)."""
+def needs_hidden_states(settings: TrainSettings) -> bool:
+    """Whether the training forward must return the hidden states (an auxiliary loss reads them)."""
     return settings.attend_weight > 0 or settings.image_index_weight > 0
 
 
@@ -718,7 +719,7 @@ def batch_loss_sums(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         pixel_values=batch["pixel_values"],
-        output_hidden_states=supervises_attention(settings),
+        output_hidden_states=needs_hidden_states(settings),
     )
     labels = batch["labels"]
     if settings.weight_answers_equally:
