@@ -8,7 +8,14 @@ import stat
 import torch
 from torch import nn
 
-from mllm_nb.demo.training import lr_factor, make_adamw, optimizer_step, write_fixture
+from mllm_nb.demo.training import (
+    deterministic_algorithms,
+    lr_factor,
+    make_adamw,
+    optimizer_step,
+    torch_threads,
+    write_fixture,
+)
 
 
 class Tiny(nn.Module):
@@ -58,3 +65,26 @@ def test_write_fixture_saves_model_metrics_card_readable_by_all(tmp_path) -> Non
     assert json.loads((folder / "training_metrics.json").read_text()) == {"score": 1.0}
     assert (folder / "README.md").read_text() == "# card\n" and len(saved) == 2
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in folder.iterdir())
+
+
+def test_deterministic_algorithms_are_on_inside_and_restored_after() -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic_algorithms():
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_backward_of_repeated_rows_is_reproducible_on_two_threads() -> None:
+    """The pattern of train_llava's supervised heads (one batch row gathered once per target): the gradient must
+    come out bit for bit the same every time."""
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(48, 160, 32, generator=generator)
+    rows = torch.randint(48, (3000,), generator=generator)
+    weights = torch.randn(3000, 160, 32, generator=generator)
+    grads = []
+    with torch_threads(2), deterministic_algorithms():
+        for _ in range(3):
+            leaf = keys.clone().requires_grad_()
+            (leaf[rows] * weights).sum().backward()
+            grads.append(leaf.grad)
+    assert all(torch.equal(grads[0], grad) for grad in grads[1:])
