@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from PIL import Image
 from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
@@ -371,10 +370,11 @@ def make_pair_dialogue(rng: np.random.Generator, first_kind: str, turns: int) ->
 
 @dataclass
 class Example:
-    """One training sequence: ids, labels (-100 outside the answers), the pixels of its images, and the
-    supervision targets: ``(turn, answer position, visual tokens of the object its question names)`` for
-    every question that names one (``attend_targets``), and the image of every visual token (``image_index``:
-    0, 1, ...; -100 for text)."""
+    """One training sequence: ids, labels (-100 outside the answers), the pixels of its images (replaced by
+    ``vision_features`` once cached), and the supervision targets: ``(turn, query position, key mask)`` for the
+    lookup (``attend_targets``, with the named ``(colour, shape)`` in ``named_labels``), the question's words
+    (``route_targets``) and the objects answers name (``describe_targets``), and the image of every visual
+    token (``image_index``: 0, 1, ...; -100 for text)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -834,13 +834,11 @@ def patch_targets(scene: Scene) -> torch.Tensor:
     return torch.from_numpy(patch_target_array(scene))
 
 
-def images_to_pixels(images: Sequence[Image.Image] | np.ndarray, processor: LlavaProcessor) -> torch.Tensor:
-    """``pixel_values`` of 64 px images (PIL images or a ``(n, 64, 64, 3)`` uint8 array): the image processor's
+def images_to_pixels(images: np.ndarray, processor: LlavaProcessor) -> torch.Tensor:
+    """``pixel_values`` of 64 px RGB images given as a ``(n, 64, 64, 3)`` uint8 array: the image processor's
     rescale and normalise (its resize and crop are no-ops at this size)."""
     image_processor = processor.image_processor
     size = image_processor.crop_size["height"]
-    if not isinstance(images, np.ndarray):
-        images = np.stack([np.asarray(img.convert("RGB")) for img in images])
     if images.shape[1:] != (size, size, 3):
         raise ValueError(f"Expected {size}x{size} px RGB images.")
     array = torch.from_numpy(images).permute(0, 3, 1, 2)
@@ -921,7 +919,8 @@ def warm_up_vision(
 
 def make_probes(model: LlavaForConditionalGeneration) -> torch.nn.ModuleDict:
     """The dropped linear probes: ``image`` reads a visual token's image from the residual stream, ``carry`` the
-    named object's image from the supervised head's output."""
+    named object's image from the lookup head's output, ``color`` and ``shape`` the named colour and shape from the
+    lookup layer's input at the answer position."""
     text = model.config.text_config
     head_dim = text.hidden_size // text.num_attention_heads
     return torch.nn.ModuleDict(
@@ -1026,10 +1025,10 @@ def supervision_loss_sums(
             for name, labels in (("color", batch["named_color"]), ("shape", batch["named_shape"]))
         ]
         sums["query"] = (sum(n.sum() for n in named), torch.tensor(float(sum(len(n) for n in named))))
-    for part, prefix, keys in (("route", "route", "word_mask"), ("describe", "describe", "object_mask")):
+    for part, keys in (("route", "word_mask"), ("describe", "object_mask")):
         if getattr(settings, f"{part}_weight") > 0:
             layer, head = getattr(settings, f"{part}_layer"), getattr(settings, f"{part}_head")
-            rows, queries = batch[f"{prefix}_row"], batch[f"{prefix}_from"]
+            rows, queries = batch[f"{part}_row"], batch[f"{part}_from"]
             sums[part] = _sum_and_count(_head_mass_losses(model, hidden_states, layer, head, rows, queries, batch[keys])[0])
     if settings.carry_weight > 0:
         sums["carry"] = _sum_and_count(carry)
