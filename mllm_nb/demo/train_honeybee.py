@@ -73,6 +73,7 @@ from mllm_nb.honeybee import (
 )
 from mllm_nb.honeybee.processing import SYSTEM_MESSAGE
 from mllm_nb.text_reading import OCR_PROMPT
+from mllm_nb.upstream import CACHE_ARGUMENT
 
 FIXTURE_NAME = "mllm-nb/tiny-honeybee-ocr"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -427,7 +428,7 @@ def forward_shared_prefix(model: HoneybeeForConditionalGeneration, batch: Batch)
         return model(**inputs)
     rows = inputs["input_ids"].shape[0]
     cache = DynamicCache(config=model.config.text_config)
-    model.model.language_model(input_ids=inputs["input_ids"][:1, :prefix], past_key_values=cache, use_cache=True)
+    model.model.language_model(input_ids=inputs["input_ids"][:1, :prefix], use_cache=True, **{CACHE_ARGUMENT: cache})
     for layer in cache.layers:
         layer.keys = layer.keys.expand(rows, -1, -1, -1)
         layer.values = layer.values.expand(rows, -1, -1, -1)
@@ -435,9 +436,9 @@ def forward_shared_prefix(model: HoneybeeForConditionalGeneration, batch: Batch)
         input_ids=inputs["input_ids"][:, prefix:],
         pixel_values=inputs["pixel_values"],
         attention_mask=inputs["attention_mask"],
-        past_key_values=cache,
         labels=inputs["labels"][:, prefix:],
         use_cache=True,
+        **{CACHE_ARGUMENT: cache},
     )
 
 

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from mllm_nb.honeybee.abstractors import (
     HoneybeeCAbstractor,
@@ -40,6 +39,7 @@ from mllm_nb.honeybee.abstractors import (
     grid_reference_points,
 )
 from mllm_nb.honeybee.configuration import HoneybeeConfig, HoneybeeError
+from mllm_nb.upstream import CACHE_ARGUMENT, pop_cache
 
 #: Module prefixes that bitsandbytes leaves in the compute dtype: only the LLM's Linear layers quantize.
 QUANTIZATION_SKIP_MODULES: tuple[str, ...] = ("lm_head", "model.vision_tower", "model.abstractor")
@@ -48,25 +48,21 @@ _REFERENCE_ONLY_KWARGS = ("num_images", "is_null_image", "seq_length", "image_si
 
 
 @dataclass
-class HoneybeeModelOutputWithPast(ModelOutput):
-    """Hidden states of the language model, plus the visual tokens that were merged in."""
+class HoneybeeModelOutputWithPast(BaseModelOutputWithPast):
+    """Hidden states of the language model, the cache, and the visual tokens that were merged in.
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+    The first fields are transformers' ``BaseModelOutputWithPast``, so the cache field has the name of
+    the installed release (``past_key_values`` before 5.24, ``cache`` from 5.24 on; see
+    :mod:`mllm_nb.upstream`).
+    """
+
     image_hidden_states: torch.FloatTensor | None = None
 
 
 @dataclass
-class HoneybeeCausalLMOutputWithPast(ModelOutput):
+class HoneybeeCausalLMOutputWithPast(CausalLMOutputWithPast):
     """Logits (and loss when ``labels`` are given), the cache and the merged visual tokens."""
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     image_hidden_states: torch.FloatTensor | None = None
 
 
@@ -83,7 +79,7 @@ class HoneybeePreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ("HoneybeeCAbstractor", "HoneybeeDAbstractor")
-    _skip_keys_device_placement = ("past_key_values",)
+    _skip_keys_device_placement = (CACHE_ARGUMENT,)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -190,12 +186,15 @@ class HoneybeeModel(HoneybeePreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> HoneybeeModelOutputWithPast:
-        """Merge the visual tokens into the prompt and run the language model."""
+        """Merge the visual tokens into the prompt and run the language model.
+
+        The KV cache comes in ``kwargs`` as ``cache`` or ``past_key_values`` (either name, any release).
+        """
+        cache = pop_cache(kwargs)
         for key in _REFERENCE_ONLY_KWARGS:
             kwargs.pop(key, None)
         if (input_ids is None) == (inputs_embeds is None):
@@ -208,15 +207,15 @@ class HoneybeeModel(HoneybeePreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_ARGUMENT: cache},
             **kwargs,
         )
         return HoneybeeModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             attentions=outputs.attentions,
             image_hidden_states=visual,
         )
@@ -290,7 +289,6 @@ class HoneybeeForConditionalGeneration(HoneybeePreTrainedModel, GenerationMixin)
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -302,6 +300,7 @@ class HoneybeeForConditionalGeneration(HoneybeePreTrainedModel, GenerationMixin)
         """Logits for every position (or the last ``logits_to_keep``); the loss when ``labels`` are given.
 
         ``num_images`` and ``is_null_image`` (inputs of the reference implementation) are accepted and ignored.
+        The KV cache comes in ``kwargs`` as ``cache`` or ``past_key_values`` (either name, any release).
 
         >>> model(**processor(images=image, text=prompt, return_tensors="pt")).logits.shape  # doctest: +SKIP
         """
@@ -310,9 +309,9 @@ class HoneybeeForConditionalGeneration(HoneybeePreTrainedModel, GenerationMixin)
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_ARGUMENT: pop_cache(kwargs)},
             **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -324,8 +323,8 @@ class HoneybeeForConditionalGeneration(HoneybeePreTrainedModel, GenerationMixin)
         return HoneybeeCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_ARGUMENT: getattr(outputs, CACHE_ARGUMENT)},
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
         )
