@@ -79,13 +79,17 @@ def package_version(name: str) -> str:
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages mllm_nb depends on.
+    """Versions of Python and of the packages mllm_nb depends on (torch with its build, once imported).
 
     >>> sorted(package_versions())[:2]
     ['accelerate', 'bitsandbytes']
     """
     versions = {"python": platform.python_version()}
     versions.update({name: package_version(name) for name in VERSIONED_PACKAGES})
+    torch = sys.modules.get("torch")
+    if torch is not None and versions.get("torch") != NOT_INSTALLED:
+        # torch's own string names the build (2.14.1+cu130, 2.13.0+cpu); PyPI's metadata may not
+        versions["torch"] = str(getattr(torch, "__version__", versions["torch"]))
     return versions
 
 
