@@ -12,8 +12,8 @@ Loaded llava-hf/llava-1.5-7b-hf (LlavaForConditionalGeneration, 7.1B parameters)
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.util
-import inspect
 import logging
 import math
 import os
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from mllm_nb.errors import ModelLoadError
+from mllm_nb.upstream import TENSOR_READ_HOOK, tensor_read_hook_expected
 from mllm_nb.vlm import VLM, VLMError
 
 QUANTIZATIONS: tuple[str | None, ...] = ("auto", "4bit", "8bit", None)
@@ -264,7 +265,7 @@ def _from_pretrained(
 
     quantization_config = _quantization_config(quantization, dtype)
     try:
-        with quiet_fixture_loading(quiet), _quiet_bitsandbytes(), _read_shards_without_mmap(), _trim_between_tensors():
+        with quiet_fixture_loading(quiet), _quiet_bitsandbytes(), _trim_between_tensors():
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
                 path, dtype=dtype, device_map=device_map, quantization_config=quantization_config
@@ -277,40 +278,6 @@ def _from_pretrained(
     except (OSError, ValueError, ImportError) as err:
         raise ModelLoadError(_failure_message(requested, err)) from err
     return model, processor
-
-
-@contextmanager
-def _read_shards_without_mmap() -> Iterator[None]:
-    """Make transformers read safetensors shards with ``pread`` instead of memory-mapping them.
-
-    transformers 5 maps every shard at once and reads tensors through the maps; the pages it
-    touches count as resident until the maps close at the very end, so peak RAM grows to the whole
-    checkpoint even when every weight is quantized to 4 bits on the way (on Colab's 12.7 GB that is
-    the crash). With safetensors' ``pread`` backend each tensor is read into its own buffer, which
-    is freed as soon as the weight is converted. Only CPU reads are redirected; anything else, or
-    a safetensors without that backend, keeps transformers' default.
-    """
-    import transformers.modeling_utils as modeling_utils
-
-    original = modeling_utils.safe_open
-    try:
-        has_backend = "backend" in inspect.signature(original).parameters
-    except (TypeError, ValueError):
-        has_backend = False
-    if not has_backend:
-        yield
-        return
-
-    def pread_open(filename: Any, framework: str, device: Any = "cpu", **kwargs: Any) -> Any:
-        if str(device) == "cpu" and kwargs.get("backend", "mmap") == "mmap":
-            kwargs["backend"] = "pread"
-        return original(filename, framework=framework, device=device, **kwargs)
-
-    modeling_utils.safe_open = pread_open
-    try:
-        yield
-    finally:
-        modeling_utils.safe_open = original
 
 
 def _malloc_trim() -> Callable[[], None] | None:
@@ -328,15 +295,16 @@ def _trim_between_tensors() -> Iterator[None]:
     """Give freed memory back to the system before transformers reads each checkpoint tensor.
 
     Every tensor read from a shard (and its float copy while it is quantized) is freed once converted, but
-    glibc keeps most freed blocks for reuse, so without this the process's resident memory still grows by
-    about a shard while loading. Off glibc (macOS, Windows) this does nothing.
+    glibc keeps most freed blocks for reuse, so without this the process's private memory (what Colab's
+    RAM limit counts) grows while loading; ``benchmarks/load_memory.py`` measures the difference. The hook
+    point is a private transformers function (:data:`mllm_nb.upstream.TENSOR_READ_HOOK`), used only on the
+    releases it was checked on; ``tests/test_upstream.py`` fails when a release in the range lacks it.
+    Off glibc (macOS, Windows) or outside those releases this does nothing.
     """
-    try:
-        from transformers import core_model_loading
-    except ImportError:  # a transformers 5 release that loads another way: nothing to hook
-        core_model_loading = None
     trim = _malloc_trim()
-    original = getattr(core_model_loading, "_materialize_copy", None)
+    module_name, function_name = TENSOR_READ_HOOK
+    module = importlib.import_module(module_name) if tensor_read_hook_expected() else None
+    original = getattr(module, function_name, None)
     if trim is None or original is None:
         yield
         return
@@ -345,11 +313,11 @@ def _trim_between_tensors() -> Iterator[None]:
         trim()
         return original(*args, **kwargs)
 
-    core_model_loading._materialize_copy = trimmed_copy
+    setattr(module, function_name, trimmed_copy)
     try:
         yield
     finally:
-        core_model_loading._materialize_copy = original
+        setattr(module, function_name, original)
         trim()
 
 

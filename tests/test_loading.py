@@ -331,26 +331,6 @@ def test_demo_fixture_plans_the_fixture_folder(planner, monkeypatch, capsys):
     assert calls and Path(calls[0][0]) == TINY_LLAVA
 
 
-def test_shards_are_read_with_pread_not_memory_mapped(tiny_llava_dir, monkeypatch, capsys):
-    """transformers maps every shard until the load ends; load_vlm asks safetensors for pread reads."""
-    import transformers.modeling_utils as modeling_utils
-
-    original = modeling_utils.safe_open
-    backends: list[str] = []
-
-    def spy(filename, framework, device="cpu", *, backend="mmap"):
-        backends.append(backend)
-        return original(filename, framework=framework, device=device, backend=backend)
-
-    monkeypatch.setattr(modeling_utils, "safe_open", spy)
-    vlm = load_vlm(str(tiny_llava_dir), quantization=None)
-    assert backends and set(backends) == {"pread"}
-    assert modeling_utils.safe_open is spy  # put back afterwards
-    reference = type(vlm.model).from_pretrained(tiny_llava_dir)
-    for (name, mine), theirs in zip(vlm.model.state_dict().items(), reference.state_dict().values()):
-        assert torch.equal(mine, theirs), name
-
-
 def test_freed_memory_is_handed_back_before_every_tensor_read(tiny_llava_dir, monkeypatch, capsys):
     """glibc keeps freed read buffers for reuse (a shard's worth of RAM while loading); load_vlm trims
     before every tensor transformers materialises, and puts transformers' function back afterwards."""
