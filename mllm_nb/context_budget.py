@@ -17,11 +17,11 @@ Two ways of counting image tokens:
   - ``llava`` (LLaVA-1.5, LLaVA-Interleave): ``(image_size // patch_size)**2`` per image, +1 for the CLS
     token of a CLIP tower (the processor's ``num_additional_image_tokens``), -1 with the ``"default"``
     strategy (CLS dropped): 576 for LLaVA-1.5, 729 for Interleave, whatever the image size.
-  - ``llava_next`` (anyres): transformers' own ``LlavaNextProcessor._get_number_of_features``: the base
-    image, plus the best crop grid from ``image_grid_pinpoints`` unpadded to the aspect ratio, plus one
-    newline token per feature row.
-  - ``llava_onevision``: ``LlavaOnevisionProcessor._get_number_of_features`` (anyres_max_9) for an image
+  - ``llava_next`` (anyres): the base image, plus the best crop grid from ``image_grid_pinpoints``
+    unpadded to the aspect ratio, plus one newline token per feature row (LlavaNextProcessor's rule).
+  - ``llava_onevision``: the same with the grid pooled to at most ~9 crops (anyres_max_9) for an image
     alone in its prompt; ``(image_size // patch_size)**2 + 1`` per image when a prompt holds several.
+  The tests check these rules against the real processors' output.
   - ``honeybee``: ``config.num_visual_tokens`` per image.
 
   Text tokens are then estimated (no tokenizer): ``TEMPLATE_TOKENS`` for the chat template plus one
@@ -38,7 +38,6 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from mllm_nb.errors import MllmNbError
@@ -97,32 +96,48 @@ class _Rules:
         if self.family == "llava":
             return (height // self.patch_size) * (width // self.patch_size) + self.extra_tokens - drop
         if self.family == "llava_next":
-            counter = _counter("LlavaNextProcessor", patch_size=self.patch_size,
-                               num_additional_image_tokens=self.extra_tokens, pinpoints=self.pinpoints)
-            return counter._get_number_of_features(size[1], size[0], height, width) - drop
+            patches = (height // self.patch_size, width // self.patch_size)
+            grid = _anyres_grid_tokens(size, self.processed, patches, self.pinpoints)
+            return patches[0] * patches[1] + self.extra_tokens + grid - drop
         if self.family == "llava_onevision":
             if n_in_prompt > 1:
                 return self.base_tokens + 1 - drop  # several images: base features + one newline each
-            counter = _counter("LlavaOnevisionProcessor", num_image_tokens=self.base_tokens,
-                               vision_aspect_ratio=self.aspect_ratio, pinpoints=self.pinpoints)
-            return counter._get_number_of_features(size[1], size[0], height, width) - drop
+            side = math.isqrt(self.base_tokens)
+            max_crops = int(self.aspect_ratio.removeprefix("anyres_max_"))
+            grid = _anyres_grid_tokens(size, self.processed, (side, side), self.pinpoints, max_crops)
+            return self.base_tokens + grid - drop
         return self.fixed
 
 
-def _counter(class_name: str, pinpoints: tuple[tuple[int, int], ...], **settings: Any) -> Any:
-    """An object carrying a transformers processor's own feature-count methods and the settings they read.
+def _anyres_grid_tokens(
+    size: tuple[int, int],
+    processed: tuple[int, int],
+    patches: tuple[int, int],
+    pinpoints: tuple[tuple[int, int], ...],
+    max_crops: int | None = None,
+) -> int:
+    """Feature tokens of the high-resolution crops of one ``(width, height)`` image, newline tokens included.
 
-    No tokenizer or image processor is built: only ``_get_number_of_features`` and
-    ``_get_unpadded_features`` of the processor class, with ``image_grid_pinpoints`` from the config.
+    The image is fitted into the best grid resolution (transformers' public ``select_best_resolution``),
+    cut into crops of ``processed`` pixels, each giving ``patches`` features; the rows and columns that
+    only cover the letterbox padding are dropped, one newline token ends each remaining row, and OneVision
+    (``max_crops``) pools the grid down when it holds more than about ``max_crops`` crops of features.
     """
-    import transformers
+    from transformers.image_processing_utils import select_best_resolution
 
-    cls = getattr(transformers, class_name)
-    methods = {name: getattr(cls, name) for name in ("_get_number_of_features", "_get_unpadded_features")}
-    counter = type(f"_{class_name}Rules", (), methods)()
-    grid = [list(p) for p in pinpoints]
-    counter.__dict__.update(settings, image_processor=SimpleNamespace(image_grid_pinpoints=grid))
-    return counter
+    width, height = size
+    best_height, best_width = select_best_resolution((height, width), [list(p) for p in pinpoints])
+    rows = patches[0] * (best_height // processed[0])
+    cols = patches[1] * (best_width // processed[1])
+    if width / height > cols / rows:  # wider than the grid: padding above and below
+        rows -= 2 * ((rows - int(round(height * cols / width, 7))) // 2)
+    else:
+        cols -= 2 * ((cols - int(round(width * rows / height, 7))) // 2)
+    if max_crops is not None:
+        shrink = math.sqrt(rows * cols / (max_crops * patches[0] ** 2))
+        if shrink > 1.1:
+            rows, cols = int(rows // shrink), int(cols // shrink)
+    return rows * cols + rows
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
@@ -446,10 +461,8 @@ def free_memory(device: Any = None) -> tuple[int | None, str]:
         free, _ = torch.cuda.mem_get_info(index)
         cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
         return int(free + max(cached, 0)), f"GPU cuda:{index}"
-    try:
-        import psutil
-    except ImportError:
-        return None, "system RAM"
+    import psutil
+
     return int(psutil.virtual_memory().available), "system RAM"
 
 

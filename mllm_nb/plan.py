@@ -3,9 +3,9 @@
 ``fit(model, quantization="4bit", target="t4")`` builds the model's architecture on the meta device
 (no weights, no download for catalog models) and sizes it the way transformers + bitsandbytes load it:
 
-* **Quantized weights**: every ``nn.Linear`` (and GPT-2 ``Conv1D``) that transformers' own
-  ``get_keys_to_not_convert(model)`` does not skip (it skips ``lm_head`` and tied/last modules; the vision
-  tower and projector *are* quantized). NF4 + double quantization costs ``0.515869`` bytes per parameter
+* **Quantized weights**: every ``nn.Linear`` (and GPT-2 ``Conv1D``) that transformers' bitsandbytes
+  quantizer does not skip by default (``lm_head``, the last module and tied weights stay; the vision
+  tower and projector *are* quantized; a test compares the list with transformers' own). NF4 + double quantization costs ``0.515869`` bytes per parameter
   (4-bit codes, a uint8 absmax per 64 values, an fp32 absmax per 256 blocks) plus ``1092`` bytes per
   tensor (code books); 8-bit costs 1 byte per parameter plus the fp32 per-row scale ``Int8Params.SCB``.
   Biases, norms, embeddings, convolutions and skipped linears stay in the compute dtype; modules a model
@@ -304,36 +304,32 @@ def _instantiate(config: PretrainedConfig) -> nn.Module:
 
 
 def _skip_modules(model: nn.Module) -> list[str]:
-    """Module names bitsandbytes leaves unquantized: transformers' own default skip list."""
-    try:
-        from transformers.quantizers.base import get_keys_to_not_convert
-    except ImportError:  # older or newer layout
-        try:
-            from transformers.integrations.bitsandbytes import get_keys_to_not_convert
-        except ImportError:
-            return ["lm_head", *sorted(getattr(model, "_keep_in_fp32_modules", None) or []),
-                    *getattr(model, "quantization_skip_modules", ())]
+    """Module names bitsandbytes leaves unquantized, found through the model's public methods.
+
+    What transformers' bitsandbytes quantizer skips by default: the output embeddings (``lm_head``),
+    the module of the last parameter, modules holding tied weights; plus what the model declares
+    (``_keep_in_fp32_modules``, a model class's ``quantization_skip_modules`` such as Honeybee's).
+    """
+    names = {name for name, module in model.named_modules() if module is model.get_output_embeddings()}
+    parameters = [name for name, _ in model.named_parameters()]
+    if parameters:
+        names.add(parameters[-1].removesuffix(".weight"))  # a last bias names no module: nothing skipped
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    names |= {key.removesuffix(".weight") for pair in tied.items() for key in pair}
     declared = [*sorted(getattr(model, "_keep_in_fp32_modules", None) or []), *getattr(model, "quantization_skip_modules", ())]
-    return [*get_keys_to_not_convert(model), *declared]
+    return [*sorted(names - {""}), *declared]
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
-    """Whether module ``name`` is covered by a skip pattern (transformers' matcher when available)."""
-    try:
-        from transformers.quantizers.quantizers_utils import should_convert_module
-    except ImportError:
-        return any(name == p or name.startswith(p + ".") or name.endswith("." + p) for p in patterns)
-    return not should_convert_module(name, patterns)
+    """Whether module ``name`` is covered by a skip pattern: the pattern names it, a module above it, or its tail."""
+    return any(name == p or name.startswith(p + ".") or name.endswith("." + p) for p in patterns)
 
 
 def _quantizable_types() -> tuple[type, ...]:
     """Module types bitsandbytes replaces: ``nn.Linear`` exactly, and GPT-2's ``Conv1D``."""
     from torch import nn
+    from transformers.pytorch_utils import Conv1D
 
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:
-        return (nn.Linear,)
     return (nn.Linear, Conv1D)
 
 
