@@ -95,6 +95,37 @@ def test_runner_executes_and_summarises(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "out" / "a_good.html").read_text().count("answer: 42") >= 1
     summary = capsys.readouterr().out
     assert "answer: 42" in summary and "FAILED" in summary and "2 notebooks, 1 ok" in summary
+    assert "FAILED at cell 1 (1 / 0): ZeroDivisionError: division by zero" in summary
+    assert f"HTML: {tmp_path / 'out' / 'a_good.html'}" in summary.replace("\n      ", "")
+    assert f"are in {(tmp_path / 'out').resolve()}" in summary
+
+
+def test_a_failed_notebook_shows_no_stale_answer(tmp_path, capsys):
+    """Outputs stored in a notebook are dropped before it runs: after a failing cell nothing old remains."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from mllm_nb.demo.runner import run_notebooks
+
+    stale = new_code_cell("# NBVAL_CHECK_OUTPUT\nprint('fresh answer')", execution_count=2,
+                          outputs=[new_output("stream", name="stdout", text="CER 0.048; 82 of 100 read exactly\n")])
+    long_answer = "word " * 40 + "END"
+    notebook = new_notebook(cells=[new_code_cell("raise RuntimeError('model output changed')"), stale])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "c.ipynb")
+    good = new_notebook(cells=[new_code_cell(f"# NBVAL_CHECK_OUTPUT\nprint({long_answer!r})")])
+    good.metadata["kernelspec"] = notebook.metadata["kernelspec"]
+    nbformat.write(good, tmp_path / "d.ipynb")
+    failed, passed = run_notebooks(tmp_path, tmp_path / "out")
+    assert not failed.ok and failed.answers == []
+    assert "RuntimeError: model output changed" in failed.error and failed.error.startswith("cell 1 ")
+    executed = (tmp_path / "out" / "c.ipynb").read_text() + (tmp_path / "out" / "c.html").read_text()
+    assert "82 of 100" not in executed
+    summary = capsys.readouterr().out
+    assert "82 of 100" not in summary
+    assert passed.answers == [long_answer.strip()]
+    wrapped = [line.strip() for line in summary.splitlines() if "word" in line or "END" in line]
+    assert " ".join(wrapped) == long_answer and len(wrapped) > 1  # whole, wrapped over several lines
 
 
 @pytest.mark.parametrize("demo", [True, False])

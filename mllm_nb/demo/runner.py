@@ -1,13 +1,16 @@
 """Execute notebooks headless in demo mode; write executed copies + HTML and print a summary.
 
 This is what ``make demo`` and ``mllm-nb demo`` run. The key answers in the summary are the outputs
-of the cells marked ``# NBVAL_CHECK_OUTPUT`` (the same cells nbval checks in ``make test``).
+of the cells marked ``# NBVAL_CHECK_OUTPUT`` (the same cells nbval checks in ``make test``). Every
+stored output is removed before a notebook runs, so what the summary and the HTML show was produced
+by this run: after a failing cell, the remaining cells show nothing.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +33,7 @@ class NotebookRun:
     seconds: float
     answers: list[str] = field(default_factory=list)
     error: str | None = None
+    html: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,6 +56,7 @@ def run_notebooks(folder: str | os.PathLike, out: str | os.PathLike, timeout: in
             print(f"running {path.name} ...", flush=True)
             results.append(run_notebook(path, out, timeout))
     print(format_summary(results))
+    print(f"executed notebooks and their HTML pages are in {out.resolve()}")
     return results
 
 
@@ -72,12 +77,19 @@ def demo_environment() -> Iterator[None]:
 
 
 def execute_notebook(path: Path, timeout: int = 600):
-    """Execute a notebook in its own folder; return ``(notebook, seconds, error or None)``."""
+    """Execute a notebook in its own folder, from empty outputs; return ``(notebook, seconds, error or None)``.
+
+    The error names the failing cell (its number among the code cells and first line) and the exception.
+    """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
     notebook = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for cell in code_cells:  # stored outputs would otherwise pass for this run's answers
+        cell.outputs = []
+        cell.execution_count = None
     client = NotebookClient(
         notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
@@ -86,8 +98,22 @@ def execute_notebook(path: Path, timeout: int = 600):
     try:
         client.execute()
     except CellExecutionError as err:
-        error = _ANSI.sub("", str(err)).strip().splitlines()[-1][:300]
+        error = _describe_failure(err, code_cells)
     return notebook, time.perf_counter() - started, error
+
+
+def _describe_failure(err: Exception, code_cells: list) -> str:
+    """``cell N (first line): ExceptionName: message``, for the cell whose outputs hold the error."""
+    failed = next(
+        (i for i, cell in enumerate(code_cells, 1) if any(o.get("output_type") == "error" for o in cell.outputs)),
+        None,
+    )
+    name, value = getattr(err, "ename", None), getattr(err, "evalue", None)
+    reason = f"{name}: {value}" if name else _ANSI.sub("", str(err)).strip().splitlines()[-1]
+    if failed is None:
+        return _ANSI.sub("", reason)
+    first_line = next((line for line in code_cells[failed - 1].source.splitlines() if line.strip()), "")
+    return _ANSI.sub("", f"cell {failed} ({first_line.strip()[:60]}): {reason}")
 
 
 def run_notebook(path: Path, out: Path, timeout: int) -> NotebookRun:
@@ -96,9 +122,10 @@ def run_notebook(path: Path, out: Path, timeout: int) -> NotebookRun:
 
     notebook, seconds, error = execute_notebook(path, timeout)
     nbformat.write(notebook, out / path.name)
-    _write_html(notebook, out / path.with_suffix(".html").name)
+    html = out / path.with_suffix(".html").name
+    _write_html(notebook, html)
     code_cells = [c for c in notebook.cells if c.cell_type == "code"]
-    return NotebookRun(path.name, len(code_cells), seconds, _checked_answers(code_cells), error)
+    return NotebookRun(path.name, len(code_cells), seconds, _checked_answers(code_cells), error, html)
 
 
 def _write_html(notebook, target: Path) -> None:
@@ -124,15 +151,34 @@ def _checked_answers(cells) -> list[str]:
     return answers
 
 
-def format_summary(results: list[NotebookRun], width: int = 70) -> str:
-    """The summary table: notebook, code cells, seconds, status and the key answers."""
+def format_summary(results: list[NotebookRun], width: int = 100) -> str:
+    """The summary table: notebook, code cells, seconds, status, the key answers (wrapped, never cut) and the HTML.
+
+    >>> print(format_summary([NotebookRun("01.ipynb", 3, 1.5, ["a cat"], None, Path("build/01.html"))]))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    notebook                         cells  seconds  status
+    ------------------------------------------------------------
+    01.ipynb                             3      1.5  ok
+        a cat
+        HTML: build/01.html
+    ------------------------------------------------------------
+    1 notebooks, 1 ok, 1.5 s in all
+    """
     lines = [f"{'notebook':32} {'cells':>5} {'seconds':>8}  status", "-" * 60]
     for run in results:
-        status = "ok" if run.ok else f"FAILED: {run.error}"
-        lines.append(f"{run.name:32} {run.cells:5d} {run.seconds:8.1f}  {status}")
+        lines.append(f"{run.name:32} {run.cells:5d} {run.seconds:8.1f}  {'ok' if run.ok else 'FAILED'}")
+        if not run.ok:
+            lines.extend(_wrapped(f"FAILED at {run.error}", width))
         for answer in run.answers:
-            lines.append(f"    {answer[:width]}")
+            lines.extend(_wrapped(answer, width))
+        if run.html is not None:
+            lines.extend(_wrapped(f"HTML: {run.html}", width))
     total = sum(r.seconds for r in results)
     lines.append("-" * 60)
     lines.append(f"{len(results)} notebooks, {sum(r.ok for r in results)} ok, {total:.1f} s in all")
     return "\n".join(lines)
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="      ",
+                         break_long_words=True, break_on_hyphens=False) or ["    "]
