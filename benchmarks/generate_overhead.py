@@ -14,10 +14,8 @@ Run: ``.venv/bin/python benchmarks/generate_overhead.py [--layers N] [--repeats 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,6 @@ from PIL import Image
 
 from mllm_nb.vlm import VLM
 
-CATALOG = Path("/tmp/catalog_research/catalog.json")
 MODEL_ID = "llava-hf/llava-interleave-qwen-0.5b-hf"
 NEW_TOKENS = 32
 QUESTION = "t11 t12 t13 t14 t15 t16 t17 t18"
@@ -41,9 +38,10 @@ CHAT_TEMPLATE = (
 
 
 def interleave_config() -> dict[str, Any]:
-    """The llava-interleave-qwen-0.5b config (a plain dict, as in config.json)."""
-    entries = json.loads(CATALOG.read_text())["entries"]
-    return next(entry["config"] for entry in entries if entry["id"] == MODEL_ID)
+    """The llava-interleave-qwen-0.5b config from mllm_nb's own catalog (a plain dict, as in config.json)."""
+    from mllm_nb import catalog
+
+    return catalog.get(MODEL_ID).config_dict()
 
 
 def build_model(layers: int | None) -> tuple[Any, str]:
