@@ -180,8 +180,9 @@ def load_shard(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             raise HoneybeeError(
                 f"'{path}' is not a readable PyTorch checkpoint (not a plain state dict); re-extract it."
             ) from err
+        name = found.group(1).removeprefix("builtins.")  # torch < 2.7 names builtins.exec, later exec
         raise HoneybeeError(
-            f"Refusing to load '{path.name}': its pickle needs more than tensors ({found.group(1)}, which could run "
+            f"Refusing to load '{path.name}': its pickle needs more than tensors ({name}, which could run "
             "code when opened); only load checkpoints from the official release or another source you trust."
         ) from err
     except (RuntimeError, OSError, EOFError) as err:
