@@ -1,24 +1,39 @@
 # The two commands of mllm_nb. Both work from a fresh clone with nothing installed by hand:
-#   make test   unit tests + every notebook under nbval, in offline demo mode
+#   make test   unit tests + every notebook under nbval, in offline demo mode, on the committed lock
+#               (requirements/lock.txt); then the chat and chat-panel tests under ipywidgets 7.8 (Colab's
+#               version) in a second small venv without torch (`make test-ipywidgets7` alone)
 #   make demo   execute every notebook headless in demo mode -> build/demo/ (ipynb + html) + a summary
-# `make test` also runs the chat and chat-panel tests under ipywidgets 7.8 (Colab's version) in a
-# second small venv without torch (`make test-ipywidgets7` alone); its torch tests are skipped there.
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.mllm-nb-installed
-# Development/CI pin: a CPU wheel of torch. The package itself only asks for torch>=2.4 (Colab keeps its own).
-TORCH_PIN ?= torch==2.13.0
+# CI (.ci/run) also runs the unit tests on the newest releases the package admits (Python 3.12, as Colab:
+# `make test-newest`) and on the oldest it declares (requirements/oldest.txt: `make test-oldest`).
+# `make lock` re-resolves pyproject.toml's ranges to today's newest releases and rewrites the locks.
+PYTHON   ?= python3
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.mllm-nb-installed
+LOCK     := requirements/lock.txt
+# torch and torchvision as a pair: the processors of Qwen2-VL, LLaVA-OneVision and SmolVLM need torchvision
+# (Colab has it). 2.14.1 + 0.29.1 are the newest pair pip takes from this machine's disk for Python 3.11;
+# the package itself only asks for torch>=2.4 (Colab keeps its own torch).
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 # The ipywidgets-7 venv: only what tests/test_widgets.py and tests/test_chat.py import (no torch: those tests
 # skip). ipywidgets 7.8 goes in without its widgetsnbextension dependency, which is the classic notebook's
-# JavaScript and pulls the whole notebook-6 server stack; its Python dependencies are listed instead.
+# JavaScript and pulls the whole notebook-6 server stack; its Python dependencies are in the lock instead.
 # mllm_nb comes from this checkout through PYTHONPATH (no install, so nothing is written into the tree).
-VENV7  ?= .venv-ipyw7
-PY7    := $(VENV7)/bin/python
-STAMP7 := $(VENV7)/.mllm-nb-installed
+VENV7    ?= .venv-ipyw7
+PY7      := $(VENV7)/bin/python
+STAMP7   := $(VENV7)/.mllm-nb-installed
+LOCK7    := requirements/lock-ipywidgets7.txt
 IPYW7_REQUIREMENTS := ipython ipykernel traitlets comm ipython_genutils "jupyterlab_widgets<3" \
 	pytest numpy pillow openai
 IPYW7_TESTS := tests/test_widgets.py tests/test_chat.py
+# The newest and the oldest admitted releases (unit tests only; the notebooks run on the lock).
+VENV_NEWEST ?= .venv-newest
+VENV_OLDEST ?= .venv-oldest
+OLDEST      := requirements/oldest.txt
+UNIT_TESTS  := -m pytest tests -p no:cacheprovider --timeout=900
+# pip's machine-wide cap on torch (where there is one) would hide the newest torch from the newest run.
+NO_CAP      := PIP_CONSTRAINT=/dev/null
 
 export MLLM_NB_DEMO := 1
 export HF_HUB_OFFLINE := 1
@@ -26,20 +41,20 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: test test-ipywidgets7 demo venv clean fixtures notebooks
+.PHONY: test test-ipywidgets7 test-newest test-oldest demo venv lock clean fixtures notebooks
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-$(STAMP7): Makefile
+$(STAMP7): $(LOCK7)
 	test -x $(PY7) || $(PYTHON) -m venv $(VENV7)
-	$(PY7) -m pip install --quiet $(IPYW7_REQUIREMENTS)
+	$(PY7) -m pip install --quiet -r $(LOCK7)
 	$(PY7) -m pip install --quiet --no-deps "ipywidgets==7.8.*"
 	$(PY7) -c "import ipywidgets, sys; sys.exit(not ipywidgets.__version__.startswith('7.8'))"
 	touch $(STAMP7)
@@ -51,6 +66,35 @@ test: $(STAMP) $(STAMP7)
 
 test-ipywidgets7: $(STAMP7)
 	PYTHONPATH="$(CURDIR)" $(PY7) -m pytest $(IPYW7_TESTS) -p no:cacheprovider
+
+# Newest admitted releases of everything, on Python 3.12 (Colab's): a fresh venv each time, nothing pinned.
+test-newest:
+	test -n "$(PYTHON312)" || { echo "test-newest needs Python 3.12 (pyenv install 3.12)"; exit 1; }
+	rm -rf $(VENV_NEWEST) && $(PYTHON312) -m venv $(VENV_NEWEST)
+	$(NO_CAP) $(VENV_NEWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(NO_CAP) $(VENV_NEWEST)/bin/python -m pip install --quiet torchvision -e ".[test]"
+	$(VENV_NEWEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|torchvision|transformers|bitsandbytes|accelerate|ipywidgets|ipykernel|tokenizers|huggingface.hub) "
+	$(VENV_NEWEST)/bin/python $(UNIT_TESTS)
+
+# Oldest declared releases (requirements/oldest.txt pins each declared floor), on Python 3.11.
+test-oldest:
+	rm -rf $(VENV_OLDEST) && $(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet --upgrade pip
+	$(NO_CAP) $(VENV_OLDEST)/bin/python -m pip install --quiet -r $(OLDEST) -e ".[test]"
+	$(VENV_OLDEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|torchvision|transformers|bitsandbytes|accelerate|ipywidgets|ipykernel|tokenizers|huggingface.hub) "
+	$(VENV_OLDEST)/bin/python $(UNIT_TESTS)
+
+# Re-resolve the declared ranges to today's releases and rewrite both locks (then run `make test`).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet $(TORCH_PAIR) -e ".[test]"
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v "^mllm-nb" > $(LOCK)
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet $(IPYW7_REQUIREMENTS)
+	.venv-lock/bin/python -m pip freeze > $(LOCK7)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK) and $(LOCK7); run make test"
 
 demo: $(STAMP)
 	$(VENV)/bin/mllm-nb demo --out build/demo

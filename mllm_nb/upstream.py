@@ -1,6 +1,6 @@
 """What differs between the transformers releases mllm_nb admits, in one place.
 
-mllm_nb declares ``transformers>=5.X,<6`` (see ``pyproject.toml``) and CI tests the oldest and the
+mllm_nb declares ``transformers>=5.23,<6`` (see ``pyproject.toml``) and CI tests the oldest and the
 newest of that range. Where releases in the range disagree, the difference is named here, found
 through public objects, so that no other module has to know about release numbers:
 
@@ -28,7 +28,7 @@ TRANSFORMERS_VERSION = Version(metadata.version("transformers"))
 
 #: Module and function name of the private hook point ``mllm_nb.loading`` uses, and the releases it exists in.
 TENSOR_READ_HOOK = ("transformers.core_model_loading", "_materialize_copy")
-TENSOR_READ_HOOK_RELEASES = SpecifierSet(">=5.0,<6")
+TENSOR_READ_HOOK_RELEASES = SpecifierSet(">=5.23,<6")
 
 
 def _cache_argument() -> str:

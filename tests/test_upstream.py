@@ -92,3 +92,15 @@ def test_the_planners_skip_list_is_what_transformers_skips() -> None:
         with torch.device("meta"):
             model = AutoModel.from_config(catalog.get(model_id).build_config())
         assert set(get_keys_to_not_convert(model)) <= set(plan._skip_modules(model)), model_id
+
+
+def test_the_video_processors_colab_builds_build_here_too() -> None:
+    """Qwen2-VL/2.5-VL, LLaVA-OneVision and SmolVLM processors build a video processor that needs torchvision.
+
+    Colab has torchvision; so do the test environments (the lock, the newest and the oldest runs), so that
+    these processors are tested as users meet them.
+    """
+    from transformers import LlavaOnevisionVideoProcessor, Qwen2VLVideoProcessor, SmolVLMVideoProcessor
+
+    for processor_class in (Qwen2VLVideoProcessor, LlavaOnevisionVideoProcessor, SmolVLMVideoProcessor):
+        assert isinstance(processor_class(), processor_class)
