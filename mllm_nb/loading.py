@@ -77,7 +77,7 @@ def load_vlm(
         path, requested, choice.quantization, compute_dtype, _device_map(device_map, device, choice), is_fixture
     )
     if choice.quantization == "4bit" and model.device.type == "cpu":
-        _avoid_packed_cpu_kernel(model)
+        avoid_packed_cpu_kernel(model)
     print(_loaded_line(requested, model, choice, compute_dtype))
     return VLM(model=model, processor=processor, name=requested, plan=choice.report, quantization=choice.quantization)
 
@@ -321,12 +321,18 @@ def _trim_between_tensors() -> Iterator[None]:
         trim()
 
 
-def _avoid_packed_cpu_kernel(model: torch.nn.Module) -> None:
+def avoid_packed_cpu_kernel(model: torch.nn.Module) -> None:
     """Keep bitsandbytes' packed AVX512-BF16 CPU kernel off the layers it cannot pack.
 
     That kernel needs ``out_features % 32 == 0`` and ``in_features % 64 == 0``; other 4-bit layers
     (SigLIP's 4304-wide MLP, small demo models) would crash at their first forward, so they use the
-    generic CPU kernel instead.
+    generic CPU kernel instead. :func:`load_vlm` calls it for every 4-bit model on the CPU.
+
+    >>> import bitsandbytes as bnb
+    >>> model = torch.nn.Sequential(bnb.nn.Linear4bit(96, 96))
+    >>> avoid_packed_cpu_kernel(model)
+    >>> model[0].support_avx512bf16_for_cpu
+    False
     """
     import bitsandbytes as bnb
 
