@@ -338,9 +338,9 @@ def build_abstractor(
     ...                       vision_hidden_size=32, text_hidden_size=64, num_patches=16)).__name__
     'HoneybeeDAbstractor'
     """
-    from mllm_nb.honeybee.configuration import _checked_abstractor
+    from mllm_nb.honeybee.configuration import checked_abstractor
 
-    settings = _checked_abstractor(settings)
+    settings = checked_abstractor(settings)
     kind = settings["projector_type"]
     cls = HoneybeeCAbstractor if kind == "c-abs" else HoneybeeDAbstractor
     return cls(settings, vision_hidden_size, text_hidden_size, num_patches)

@@ -84,8 +84,12 @@ def _is_square(n: int) -> bool:
     return n > 0 and math.isqrt(n) ** 2 == n
 
 
-def _checked_abstractor(settings: dict[str, Any] | None) -> dict[str, Any]:
-    """Fill the defaults of ``settings`` and refuse what the abstractors cannot build."""
+def checked_abstractor(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Fill the defaults of ``settings`` and refuse what the abstractors cannot build.
+
+    >>> checked_abstractor({"num_queries": 64})["projector_type"]
+    'c-abs'
+    """
     settings = dict(settings or {})
     merged = {**abstractor_defaults(settings.get("projector_type", "c-abs")), **settings}
     queries = merged["num_queries"]
@@ -133,7 +137,7 @@ class HoneybeeConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
-        self.abstractor_config = _checked_abstractor(self.abstractor_config)
+        self.abstractor_config = checked_abstractor(self.abstractor_config)
         side = self.vision_config.image_size // self.vision_config.patch_size
         if not _is_square(side * side) or side * side < self.abstractor_config["num_queries"]:
             raise HoneybeeError(
