@@ -729,7 +729,7 @@ def plot_image_tokens(
     """
     import numpy as np
 
-    from mllm_nb.display import DisplayError, _new_figure
+    from mllm_nb.display import DisplayError, new_figure
 
     if not _is_size(tuple(image_size)):
         raise DisplayError(f"image_size must be (width, height) in pixels; got {image_size!r}.")
@@ -740,7 +740,7 @@ def plot_image_tokens(
     names = [m if isinstance(m, str) else getattr(m, "name", "") or type(m).__name__ for m in ids]
     alone = [budget(m, [size], max_new_tokens=0).image_tokens[0] for m in ids]
     among = [budget(m, [size, size], max_new_tokens=0).image_tokens[0] for m in ids]
-    fig = _new_figure(8.0, 0.7 * len(ids) + 1.4, names)
+    fig = new_figure(8.0, 0.7 * len(ids) + 1.4, names)
     ax = fig.add_subplot()
     y = np.arange(len(ids))
     for offset, values, label, color in ((-0.2, alone, "alone in the prompt", "#4C72B0"),

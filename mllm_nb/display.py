@@ -40,6 +40,7 @@ __all__ = [
     "enable_notebook_figures",
     "find_cjk_font",
     "has_cjk",
+    "new_figure",
     "plot_predictions",
     "plot_probs",
     "show",
@@ -343,8 +344,12 @@ _MAX_LABEL_CHARS = 32
 _BAR_COLOR = "#4C72B0"
 
 
-def _new_figure(width: float, height: float, texts: Sequence[object]) -> Figure:
-    """A pyplot-free Figure, capped at a sane size; quiet about missing glyphs if it must be."""
+def new_figure(width: float, height: float, texts: Sequence[object]) -> Figure:
+    """A pyplot-free Figure, capped at a sane size; quiet about missing glyphs if ``texts`` need it.
+
+    >>> new_figure(4.0, 3.0, ["a title"]).get_size_inches().tolist()
+    [4.0, 3.0]
+    """
     scale = min(1.0, _MAX_FIG_WIDTH / width, _MAX_FIG_HEIGHT / height)
     figsize = (max(width * scale, 1.0), max(height * scale, 1.0))
     quiet = any(has_cjk(t) for t in texts) and find_cjk_font() is None
@@ -498,7 +503,7 @@ def show(
     rows, ncols = _grid_shape(len(loaded), cols)
     titles = _cell_titles(len(loaded), captions, labels, numbered)
     heights = _row_heights(loaded, titles, ncols, size)
-    fig = _new_figure(ncols * size, sum(heights) + (0.5 if title else 0.0), [*titles, title])
+    fig = new_figure(ncols * size, sum(heights) + (0.5 if title else 0.0), [*titles, title])
     grid = fig.add_gridspec(rows, ncols, height_ratios=heights)
     for i, (image, cell_title) in enumerate(zip(loaded, titles)):
         _draw_image(fig.add_subplot(grid[divmod(i, ncols)]), image, cell_title, size)
@@ -595,7 +600,7 @@ def plot_probs(
     if ax is None:
         shown = min(k, len(labels))
         height = 0.4 * shown + 0.8 + (0.35 if title else 0.0)
-        fig = _new_figure(6.0, height, [*labels, title])
+        fig = new_figure(6.0, height, [*labels, title])
         ax = fig.add_subplot()
     _draw_bars(ax, labels, values, k, color)
     if title:
@@ -653,7 +658,7 @@ def plot_predictions(
     heights: list[float] = []
     for image_height in _row_heights(loaded, titles, ncols, size):
         heights += [image_height, bars_height]
-    fig = _new_figure(ncols * size * 1.15, sum(heights), [*titles, *labels])
+    fig = new_figure(ncols * size * 1.15, sum(heights), [*titles, *labels])
     grid = fig.add_gridspec(2 * rows, ncols, height_ratios=heights)
     for i, (image, cell_title) in enumerate(zip(loaded, titles)):
         row, col = divmod(i, ncols)
