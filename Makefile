@@ -101,9 +101,9 @@ demo: $(STAMP)
 
 # Maintenance: retrain the committed fixture models (seeded) and refresh the stored notebook outputs.
 fixtures: $(STAMP)
-	$(PY) -m mllm_nb.demo.train_clip
-	$(PY) -m mllm_nb.demo.train_llava
-	$(PY) -m mllm_nb.demo.train_honeybee
+	$(PY) -m fixtures.train_clip
+	$(PY) -m fixtures.train_llava
+	$(PY) -m fixtures.train_honeybee
 
 notebooks: $(STAMP)
 	$(PY) tools/refresh_notebooks.py

@@ -51,7 +51,7 @@ def fixture_path(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise DemoModeError(
             f"The demo fixture {name!r} is missing from {FIXTURES_DIR}; "
-            "reinstall mllm-nb or regenerate it with its training script in mllm_nb/demo/."
+            "reinstall mllm-nb or, in a source checkout, regenerate it with `make fixtures`."
         )
     return path
 

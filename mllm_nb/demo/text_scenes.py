@@ -5,7 +5,7 @@ flat, gradient or noisy background, in one of the fonts that work offline (DejaV
 matplotlib, Pillow's scalable default font and its old bitmap font), at a chosen size and
 position. The scene knows its text and the box of every character, and everything is
 deterministic for a seed, so an OCR model's output can be scored exactly
-(see :func:`mllm_nb.metrics.cer`). The tiny demo Honeybee (:mod:`mllm_nb.demo.train_honeybee`)
+(see :func:`mllm_nb.metrics.cer`). The tiny demo Honeybee (``fixtures/train_honeybee.py``)
 is trained and evaluated on these images.
 
 >>> import numpy as np
