@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mllm_nb.errors import MllmNbError, ModelLoadError
+from mllm_nb.hardware import Placement, PlacementError, choose_placement, dtype_name
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -76,8 +77,8 @@ def load_clip(
 
     requested = os.fspath(name_or_path)
     path, is_fixture = resolve_model(requested, "clip", demo)
-    device = _pick_device(device)
-    dtype, why = _pick_dtype(dtype, device)
+    placement = _placement(device, dtype)
+    device, dtype = placement.device, placement.dtype
     try:
         with quiet_fixture_loading(is_fixture):
             model = AutoModel.from_pretrained(path, dtype=dtype)
@@ -91,33 +92,17 @@ def load_clip(
         print(demo_banner(requested, path, "CLIPModel"))
     print(
         f"Loaded {requested} ({type(model).__name__}, {_count_params(model) / 1e6:.1f}M parameters, "
-        f"{clip.scoring}) on {device} in {str(dtype).removeprefix('torch.')}: {why}."
+        f"{clip.scoring}) on {device} in {dtype_name(dtype)}: {placement.why}."
     )
     return clip
 
 
-def _pick_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _pick_dtype(dtype: torch.dtype | str | None, device: torch.device) -> tuple[torch.dtype, str]:
-    if dtype is not None:
-        resolved = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if not isinstance(resolved, torch.dtype):
-            raise ClassifyError(f"dtype={dtype!r} is not a torch dtype; use e.g. torch.float16 or 'float32'.")
-        return resolved, "dtype chosen by the caller"
-    from mllm_nb.hardware import best_dtype
-
-    chosen = best_dtype(device)
-    if device.type == "cpu":
-        return chosen, "float32 is the fast, exact choice on a CPU"
-    if chosen == torch.bfloat16:
-        return chosen, "this GPU has native bfloat16 (compute capability >= 8.0)"
-    return chosen, "this GPU has no native bfloat16 (e.g. a T4), so float16"
+def _placement(device: str | torch.device | None, dtype: torch.dtype | str | None) -> Placement:
+    """The shared device and dtype choice, with a bad argument reported as a ``ClassifyError``."""
+    try:
+        return choose_placement(device, dtype)
+    except PlacementError as err:
+        raise ClassifyError(str(err)) from err
 
 
 def _load_failure_message(requested: str, err: Exception) -> str:

@@ -1,7 +1,9 @@
-"""What hardware is this notebook running on, and which dtype should models compute in?
+"""What hardware is this notebook running on, where do models go, and which dtype do they compute in?
 
 ``doctor()`` prints a one-screen report (GPU, compute capability, memory, RAM, disk, package
-versions, hints). ``best_dtype()`` is the dtype policy every loader uses:
+versions, hints). ``choose_placement()`` is the device and dtype every loader uses; ``free_memory()``
+what is free for new tensors; ``format_bytes()`` how the package writes byte counts.
+``best_dtype()`` is the dtype policy:
 
 * CUDA with compute capability >= 8.0 (A100, L4, H100, ...): ``torch.bfloat16``;
 * older CUDA GPUs (T4 is 7.5, V100 is 7.0): ``torch.float16``;
@@ -34,6 +36,7 @@ LOW_RAM_BYTES = 16 * 10**9
 LOW_DISK_BYTES = 10 * 10**9
 GIB = 2**30
 GB = 10**9
+BYTE_UNITS: dict[str, int] = {"GB": GB, "GiB": GIB, "MB": 10**6, "MiB": 2**20}
 
 VERSIONED_PACKAGES: tuple[str, ...] = (
     "torch",
@@ -48,6 +51,10 @@ _NO_GPU_NOTE = (
     "No GPU: 4-bit loading of large models won't work; use demo mode or a GPU runtime "
     "(Colab: Runtime > Change runtime type > T4 GPU)"
 )
+
+
+class PlacementError(MllmNbError, ValueError):
+    """A device or dtype argument that no model can be loaded with."""
 
 
 # --------------------------------------------------------------------------- environment
@@ -119,9 +126,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise MllmNbError(
-            f"Unknown device {device!r}: use None (auto), 'cuda', 'cuda:N', 'mps' or 'cpu'."
-        ) from exc
+        raise PlacementError(f"Unknown device {device!r}: use None (auto), 'cuda', 'cuda:N', 'mps' or 'cpu'.") from exc
 
 
 def _cuda_capability(device: torch.device) -> tuple[int, int]:
@@ -176,8 +181,8 @@ def best_dtype(device: str | torch.device | None = None) -> torch.dtype:
     return _dtype_for(resolved.type, capability)
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float16`` -> ``"float16"``.
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.float16`` (or ``"torch.float16"``) -> ``"float16"``.
 
     >>> import torch
     >>> dtype_name(torch.bfloat16)
@@ -186,19 +191,128 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-# --------------------------------------------------------------------------- the report
+# --------------------------------------------------------------------------- where a loader puts a model
 
 
-def _fmt_bytes(num: int | None, unit: str) -> str:
-    """Format a byte count in ``"GiB"`` or ``"GB"`` with one decimal; None -> ``"unknown"``."""
+@dataclass(frozen=True)
+class Placement:
+    """The device a loader puts a model on, the dtype it computes in, and why that dtype."""
+
+    device: torch.device
+    dtype: torch.dtype
+    why: str
+
+
+def _load_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for, else the current CUDA GPU, else the CPU (MPS only when asked for)."""
+    import torch
+
+    if device is not None:
+        return _resolve_device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _floating_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float16``, ``"float16"`` or ``"torch.float16"`` -> the floating torch dtype."""
+    import torch
+
+    resolved = getattr(torch, dtype_name(dtype), None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise PlacementError(f"dtype={dtype!r} is not a floating torch dtype; use 'auto', torch.float16 or 'float32'.")
+    return resolved
+
+
+def _dtype_reason(device: torch.device, dtype: torch.dtype) -> str:
+    """Why :func:`best_dtype` chose ``dtype`` on ``device``, in words."""
+    import torch
+
+    if device.type == "cpu":
+        return "float32 is the fast, exact choice on a CPU"
+    if dtype == torch.bfloat16:
+        return "this GPU has native bfloat16 (compute capability >= 8.0)"
+    return "this GPU has no native bfloat16 (e.g. a T4), so float16"
+
+
+def choose_placement(device: str | torch.device | None = None, dtype: torch.dtype | str | None = "auto") -> Placement:
+    """Where ``load_clip`` / ``load_vlm`` put a model and its compute dtype (None or ``"auto"``: :func:`best_dtype`).
+
+    >>> choose_placement("cpu").why
+    'float32 is the fast, exact choice on a CPU'
+    >>> choose_placement("cpu", "bfloat16").dtype
+    torch.bfloat16
+    """
+    resolved = _load_device(device)
+    if dtype is None or dtype == "auto":
+        chosen = best_dtype(resolved)
+        return Placement(resolved, chosen, _dtype_reason(resolved, chosen))
+    return Placement(resolved, _floating_dtype(dtype), "dtype chosen by the caller")
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def format_bytes(num: float | None, unit: str = "GB", decimals: int | None = None, small_unit: str | None = None) -> str:
+    """Bytes in ``unit`` (a key of ``BYTE_UNITS``); None -> ``"unknown"``.
+
+    ``decimals`` None: two below 10 units, one above. With ``small_unit``, amounts too small for
+    ``decimals`` places are written in that unit with one decimal.
+
+    >>> format_bytes(4_036_701_768), format_bytes(19_294_774_872), format_bytes(None)
+    ('4.04 GB', '19.3 GB', 'unknown')
+    >>> format_bytes(3_200_000, decimals=2, small_unit="MB"), format_bytes(14.6 * GIB, "GiB", 1)
+    ('3.2 MB', '14.6 GiB')
+    """
     if num is None:
         return "unknown"
-    return f"{num / (GIB if unit == 'GiB' else GB):.1f} {unit}"
+    scale = BYTE_UNITS[unit]
+    if small_unit is not None and decimals is not None and abs(num) < scale / 10**decimals:
+        return f"{num / BYTE_UNITS[small_unit]:.1f} {small_unit}"
+    value = num / scale
+    places = decimals if decimals is not None else (2 if abs(value) < 10 else 1)
+    return f"{value:.{places}f} {unit}"
+
+
+def ram_bytes() -> tuple[int, int]:
+    """``(total, available)`` system RAM in bytes, right now.
+
+    >>> total, available = ram_bytes()
+    >>> 0 < available <= total
+    True
+    """
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return int(memory.total), int(memory.available)
+
+
+def free_memory(device: str | torch.device | None = None) -> tuple[int | None, str]:
+    """``(bytes, where)`` free for new tensors on ``device``: CUDA free memory, else available system RAM.
+
+    On CUDA this is ``torch.cuda.mem_get_info`` plus what PyTorch's allocator holds but does not use.
+
+    >>> free, where = free_memory("cpu")
+    >>> where
+    'system RAM'
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        free, _ = torch.cuda.mem_get_info(index)
+        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+        return int(free + max(cached, 0)), f"GPU cuda:{index}"
+    return ram_bytes()[1], "system RAM"
+
+
+# --------------------------------------------------------------------------- the report
 
 
 def _fmt_pair(free: int | None, total: int | None, unit: str, word: str) -> str:
     """``"10.2 GiB free / 14.7 GiB total"``."""
-    return f"{_fmt_bytes(free, unit)} {word} / {_fmt_bytes(total, unit)} total"
+    return f"{format_bytes(free, unit, 1)} {word} / {format_bytes(total, unit, 1)} total"
 
 
 @dataclass(frozen=True)
@@ -251,7 +365,7 @@ class HardwareReport:
             rows.append(("GPU memory", _fmt_pair(self.gpu_free_bytes, self.gpu_total_bytes, "GiB", "free")))
         rows += [
             ("System RAM", _fmt_pair(self.ram_available_bytes, self.ram_total_bytes, "GB", "available")),
-            ("Disk free", f"{_fmt_bytes(self.disk_free_bytes, 'GB')} ({self.disk_path})"),
+            ("Disk free", f"{format_bytes(self.disk_free_bytes, 'GB', 1)} ({self.disk_path})"),
             ("Colab", "yes" if self.is_colab else "no"),
             ("Recommended dtype", self.recommended_dtype or "unknown"),
         ]
@@ -303,11 +417,8 @@ def _probe_cuda(notes: list[str]) -> dict[str, Any]:
 
 
 def _probe_ram(notes: list[str]) -> tuple[int | None, int | None]:
-    """(total, available) system RAM in bytes."""
-    import psutil
-
-    vm = _probe("the system RAM", psutil.virtual_memory, notes)
-    return (int(vm.total), int(vm.available)) if vm is not None else (None, None)
+    """(total, available) system RAM in bytes; (None, None) with a note when it cannot be read."""
+    return _probe("the system RAM", ram_bytes, notes) or (None, None)
 
 
 def _dtype_note(device: str, capability: tuple[int, int] | None) -> str | None:
@@ -331,7 +442,7 @@ def _resource_notes(report: dict[str, Any]) -> list[str]:
     free, total = report.get("gpu_free_bytes"), report.get("gpu_total_bytes")
     if free is not None and total and free < total / 2:
         notes.append(
-            f"Only {_fmt_bytes(free, 'GiB')} of GPU memory free: another model may still be loaded; "
+            f"Only {format_bytes(free, 'GiB', 1)} of GPU memory free: another model may still be loaded; "
             "delete it and run gc.collect(); torch.cuda.empty_cache(), or restart the runtime"
         )
     ram = report.get("ram_total_bytes")

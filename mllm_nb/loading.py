@@ -25,12 +25,11 @@ from typing import Any
 import torch
 
 from mllm_nb.errors import ModelLoadError
+from mllm_nb.hardware import PlacementError, choose_placement, dtype_name, format_bytes
 from mllm_nb.upstream import TENSOR_READ_HOOK, tensor_read_hook_expected
 from mllm_nb.vlm import VLM, VLMError
 
 QUANTIZATIONS: tuple[str | None, ...] = ("auto", "4bit", "8bit", None)
-_GB = 10**9
-_GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,7 @@ def load_vlm(
     requested = os.fspath(model_id)
     _check_arguments(quantization, device_map, force)
     path, is_fixture = resolve_model(requested, "vlm", demo)
-    device = _pick_device()
-    compute_dtype = _pick_dtype(dtype, device)
+    device, compute_dtype = _placement(dtype)
     config = _read_config(path, requested)
     if is_fixture:
         print(demo_banner(requested, path, (getattr(config, "architectures", None) or [config.model_type])[0]))
@@ -94,24 +92,13 @@ def _check_arguments(quantization: Any, device_map: Any, force: Any) -> None:
         raise VLMError(f"force must be True or False; got {force!r}.")
 
 
-def _pick_device() -> torch.device:
-    """The GPU when there is one (bitsandbytes needs CUDA for speed), else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _pick_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        from mllm_nb.hardware import best_dtype
-
-        return best_dtype(device)
-    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise VLMError(f"dtype={dtype!r} is not a floating torch dtype; use 'auto', torch.float16 or 'float32'.")
-    return resolved
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def _placement(dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:
+    """The shared device and dtype choice (the current GPU, else the CPU), a bad dtype as a ``VLMError``."""
+    try:
+        placement = choose_placement(None, dtype)
+    except PlacementError as err:
+        raise VLMError(str(err)) from err
+    return placement.device, placement.dtype
 
 
 # -------------------------------------------------------------------------------------- config
@@ -153,7 +140,7 @@ def _plan(path: str, requested: str, quantization: str | None, dtype: torch.dtyp
 
     kwargs: dict[str, Any] = {"quantization": quantization, "target": "auto"}
     if dtype is not None:
-        kwargs["dtype"] = _dtype_name(dtype)
+        kwargs["dtype"] = dtype_name(dtype)
     try:
         return fit(path, **kwargs)
     except MllmNbError:
@@ -209,13 +196,13 @@ def _verdict(requested: str, report: Any, quantization: str | None) -> str:
 def _where(report: Any) -> str:
     target = report.target
     if getattr(target, "gpu_bytes", None):
-        return f"this {target.name} ({target.gpu_bytes / _GIB:.1f} GiB)"
+        return f"this {target.name} ({format_bytes(target.gpu_bytes, 'GiB', 1)})"
     ram = getattr(target, "ram_bytes", None)
     return f"in RAM ({_gb(ram)}, no GPU)" if ram else "in RAM (no GPU)"
 
 
 def _gb(num_bytes: float) -> str:
-    return f"{num_bytes / _GB:.1f} GB" if num_bytes >= 0.1 * _GB else f"{num_bytes / 2**20:.1f} MiB"
+    return format_bytes(num_bytes, decimals=1, small_unit="MiB")
 
 
 def _label(quantization: str | None) -> str:
@@ -357,7 +344,7 @@ def _quiet_bitsandbytes() -> Iterator[None]:
 
 
 def _loaded_line(requested: str, model: Any, choice: _Choice, dtype: torch.dtype) -> str:
-    precision = _dtype_name(dtype)
+    precision = dtype_name(dtype)
     if choice.quantization == "4bit":
         precision = f"4-bit NF4 + {precision} compute"
     elif choice.quantization == "8bit":
