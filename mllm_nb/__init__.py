@@ -52,7 +52,10 @@ _EXPORTS: dict[str, str] = {
     "as_backend": "mllm_nb.backends",
     "ChatPanel": "mllm_nb.widgets",
     "ChatPanelError": "mllm_nb.widgets",
-    "TokenStreamer": "mllm_nb.backends",
+    "ChatSession": "mllm_nb.backends",
+    "TokenStreamer": "mllm_nb.streaming",
+    "GenerationSettings": "mllm_nb.settings",
+    "SettingsError": "mllm_nb.settings",
     "budget": "mllm_nb.context_budget",
     "BudgetReport": "mllm_nb.context_budget",
     "BudgetError": "mllm_nb.context_budget",
@@ -67,7 +70,8 @@ _EXPORTS: dict[str, str] = {
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
 _SUBMODULES = {
     "backends", "catalog", "chat", "clip", "cli", "context_budget", "defects", "demo", "display", "errors", "hardware",
-    "honeybee", "images", "loading", "metrics", "plan", "samples", "text_reading", "vlm", "widgets",
+    "honeybee", "images", "loading", "metrics", "plan", "samples", "settings", "streaming", "text_reading", "vlm",
+    "widgets",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,16 +1,19 @@
 """Where the answers come from: a model in this kernel, or any OpenAI-compatible server.
 
-A backend has one job: ``stream(chat, images=None, *, max_new_tokens, temperature, top_p,
-do_sample, stop_event)`` yields the reply to a conversation piece by piece, and stops within one
-token once ``stop_event`` is set. ``chat`` is a :class:`~mllm_nb.chat.Conversation`, a question
-string (with ``images``), or chat-template messages whose ``{"type": "image"}`` items take
-``images`` in order. ``ask`` joins the pieces; ``name`` and ``describe()`` say what it is.
+A backend (the :class:`Backend` protocol) has one job: ``stream(chat, images=None, *,
+max_new_tokens, temperature, top_p, do_sample, stop_event)`` yields the reply to a conversation
+piece by piece, and stops within one token once ``stop_event`` is set. ``chat`` is a
+:class:`~mllm_nb.chat.Conversation`, a question string (with ``images``), or chat-template messages
+whose ``{"type": "image"}`` items take ``images`` in order. ``ask`` joins the pieces; ``name`` and
+``describe()`` say what it is; ``tokens_generated`` counts the tokens of the current reply.
 
 - :class:`LocalBackend` wraps a :class:`~mllm_nb.vlm.VLM` (or a model and its processor); the whole
   conversation goes through ``processor.apply_chat_template``; generation runs in a worker thread and
-  each token's text is handed over as soon as it decodes (``TokenStreamer``).
+  each token's text is handed over as soon as it decodes (:mod:`mllm_nb.streaming`).
 - :class:`OpenAIBackend` talks to ``transformers serve``, vLLM, SGLang, Ollama or LM Studio with the
   official ``openai`` client (``pip install openai``); images travel as base64 PNG data URLs.
+- :class:`ChatSession` is a backend plus a conversation with the one send lifecycle: add the
+  question, stream the answer, record it (marked stopped when cut short), or roll back on error.
 
 Example, one shared server for a classroom::
 
@@ -25,16 +28,24 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import functools
 import os
-import queue
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
-from mllm_nb.chat import Conversation, as_conversation, image_to_data_url
+from mllm_nb.chat import Conversation, ConversationError, as_conversation, image_to_data_url
 from mllm_nb.errors import MllmNbError
+from mllm_nb.settings import GenerationSettings
+from mllm_nb.streaming import TokenCounter
+
+if TYPE_CHECKING:
+    from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
+
+    from mllm_nb.vlm import VLM
+
+#: What a backend is asked: a conversation, a question string, or chat-template messages.
+Chat = Union[Conversation, str, list[dict[str, Any]]]
 
 #: Environment variable (and Colab secret) an ``OpenAIBackend`` reads its API key from.
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -46,11 +57,12 @@ class BackendError(MllmNbError):
     """A backend could not produce a reply (server unreachable, timeout, refused request, bad settings)."""
 
 
-class Backend(abc.ABC):
-    """The protocol: ``stream`` (abstract), ``ask``, ``name``, ``describe()`` and a live ``tokens_generated``.
+@runtime_checkable
+class Backend(Protocol):
+    """What answers questions: ``stream`` plus ``ask``, ``name``, ``describe()`` and a live ``tokens_generated``.
 
-    Any object with a compatible ``stream`` method works where a backend is expected (see
-    :func:`as_backend`); subclassing adds ``ask``.
+    Any object with these members is a backend (``isinstance(obj, Backend)``); subclassing gives
+    ``ask``, ``describe`` and the two attributes, so only ``stream`` needs writing.
 
     >>> class Echo(Backend):
     ...     name = "echo"
@@ -67,10 +79,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stream(
         self,
-        chat: Conversation | str | list[dict[str, Any]],
+        chat: Chat,
         images: Any = None,
         *,
-        max_new_tokens: int = 256,
+        max_new_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
         do_sample: bool = False,
@@ -79,7 +91,7 @@ class Backend(abc.ABC):
     ) -> Iterator[str]:
         """Yield the reply piece by piece; stop within one token once ``stop_event`` is set."""
 
-    def ask(self, chat: Conversation | str | list[dict[str, Any]], images: Any = None, **settings: Any) -> str:
+    def ask(self, chat: Chat, images: Any = None, **settings: Any) -> str:
         """The whole reply as one string (the joined ``stream``), without surrounding whitespace.
 
         >>> backend.ask("What colour is the circle?", images="scene.png")  # doctest: +SKIP
@@ -96,7 +108,7 @@ class Backend(abc.ABC):
         return self.name
 
 
-def as_backend(model: Any) -> Any:
+def as_backend(model: Backend | VLM | tuple[PreTrainedModel, ProcessorMixin]) -> Backend:
     """A backend for ``model``: a backend as it is, a ``VLM`` or ``(model, processor)`` as a ``LocalBackend``.
 
     >>> as_backend(OpenAIBackend("http://127.0.0.1:8000/v1", model="m")).name
@@ -108,21 +120,97 @@ def as_backend(model: Any) -> Any:
         return LocalBackend(*model)
     if hasattr(model, "model") and hasattr(model, "processor"):
         return LocalBackend(model)
-    if callable(getattr(model, "stream", None)):
-        return model
+    hint = " (subclass mllm_nb.Backend: only stream is needed)" if callable(getattr(model, "stream", None)) else ""
     raise BackendError(
-        f"A {type(model).__name__} cannot answer questions; pass a VLM (mllm_nb.load_vlm), "
+        f"A {type(model).__name__} cannot answer questions{hint}; pass a VLM (mllm_nb.load_vlm), "
         "a (model, processor) pair, or an OpenAIBackend."
     )
 
 
-def _check_sampling(do_sample: Any, temperature: Any, top_p: Any) -> None:
-    if not isinstance(do_sample, bool):
-        raise BackendError(f"do_sample must be True or False; got {do_sample!r}.")
-    if not do_sample and (temperature is not None or top_p is not None):
-        raise BackendError(
-            "temperature and top_p only matter when sampling; add do_sample=True (greedy is the default)."
-        )
+# ----------------------------------------------------------------------------------- session
+
+
+class ChatSession:
+    """A backend and a conversation, with the one send lifecycle that ``ChatPanel`` uses too.
+
+    ``stream`` adds the question at once, then yields the answer; when the answer is complete it is
+    recorded. Stopping (``stop_event``, or leaving the loop early) records the partial answer marked
+    stopped; an error puts the conversation back as it was and is raised. ``stream_again`` answers
+    the last question again (the old answer is dropped, and restored on error).
+
+    >>> class Parrot(Backend):
+    ...     def stream(self, chat, images=None, *, stop_event=None, **settings):
+    ...         yield "you said " + chat[-1].text
+    >>> session = ChatSession(Parrot())
+    >>> session.ask("hi")
+    'you said hi'
+    >>> print(session.conversation.transcript())
+    USER: hi
+    ASSISTANT: you said hi
+    """
+
+    def __init__(self, model: Any, conversation: Conversation | None = None) -> None:
+        if conversation is not None and not isinstance(conversation, Conversation):
+            raise ConversationError(f"conversation must be a mllm_nb.Conversation; got a {type(conversation).__name__}.")
+        self.backend = as_backend(model)
+        self.conversation = conversation if conversation is not None else Conversation()
+
+    def __repr__(self) -> str:
+        return f"ChatSession({self.backend.name!r}, {self.conversation!r})"
+
+    def stream(
+        self, text: str, images: Any = None, *, stop_event: threading.Event | None = None, **settings: Any
+    ) -> Iterator[str]:
+        """Add the question now; iterate the result for the answer, which is recorded when it ends.
+
+        ``settings`` are ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p`` (and a backend's extras).
+
+        >>> for piece in session.stream("What colour is it?", images="scene.png"):  # doctest: +SKIP
+        ...     print(piece, end="")
+        """
+        snapshot = list(self.conversation.turns)
+        self.conversation.add_user(text, images)
+        return self._answer(snapshot, stop_event or threading.Event(), settings)
+
+    def stream_again(self, *, stop_event: threading.Event | None = None, **settings: Any) -> Iterator[str]:
+        """Drop the last answer now and stream a new one to the same question (recorded like ``stream``).
+
+        >>> "".join(session.stream_again(do_sample=True, temperature=0.9))  # doctest: +SKIP
+        """
+        turns = self.conversation.turns
+        if not any(turn.role == "user" for turn in turns):
+            raise ConversationError("Nothing to regenerate yet; send a question first.")
+        snapshot = list(turns)
+        while turns[-1].role == "assistant":
+            turns.pop()
+        return self._answer(snapshot, stop_event or threading.Event(), settings)
+
+    def ask(self, text: str, images: Any = None, **settings: Any) -> str:
+        """Add the question and the whole answer; returns the answer.
+
+        >>> ChatSession(vlm).ask("What colour is the circle?", images="scene.png")  # doctest: +SKIP
+        'red'
+        """
+        for _ in self.stream(text, images, **settings):
+            pass
+        return self.conversation.turns[-1].text
+
+    def _answer(self, snapshot: list[Any], stop: threading.Event, settings: dict[str, Any]) -> Iterator[str]:
+        pieces: list[str] = []
+        try:
+            with contextlib.closing(self.backend.stream(self.conversation, stop_event=stop, **settings)) as stream:
+                for piece in stream:
+                    pieces.append(piece)
+                    yield piece
+                    if stop.is_set():
+                        break
+        except GeneratorExit:  # the caller left the loop early: keep the partial answer, marked stopped
+            self.conversation.add_assistant("".join(pieces).strip(), stopped=True)
+            raise
+        except BaseException:
+            self.conversation.turns[:] = snapshot
+            raise
+        self.conversation.add_assistant("".join(pieces).strip(), stopped=stop.is_set())
 
 
 # ------------------------------------------------------------------------------------ local
@@ -131,16 +219,17 @@ def _check_sampling(do_sample: Any, temperature: Any, top_p: Any) -> None:
 class LocalBackend(Backend):
     """A model in this kernel: a :class:`~mllm_nb.vlm.VLM`, or a model and its processor.
 
-    ``generate`` runs in a worker thread and a :class:`TokenStreamer` hands over each token's text as
-    soon as it decodes (whole characters only); setting ``stop_event`` ends generation after at most
-    one more token (a ``StoppingCriteria`` checks it after every token).
+    ``generate`` runs in a worker thread and each token's text is handed over as soon as it decodes
+    (whole characters only, see :mod:`mllm_nb.streaming`); setting ``stop_event`` ends generation
+    after at most one more token (a ``StoppingCriteria`` checks it after every token).
 
     >>> backend = LocalBackend(load_vlm("llava-hf/llava-1.5-7b-hf", demo=True))  # doctest: +SKIP
     >>> "".join(backend.stream("What colour is the circle?", images="scene.png"))  # doctest: +SKIP
     'red'
     """
 
-    def __init__(self, vlm: Any, processor: Any = None, name: str | None = None) -> None:
+    def __init__(self, vlm: VLM | PreTrainedModel, processor: ProcessorMixin | None = None,
+                 name: str | None = None) -> None:
         from mllm_nb.vlm import VLM
 
         if processor is not None:
@@ -151,7 +240,12 @@ class LocalBackend(Backend):
             )
         self.vlm = vlm
         self.name = name or vlm.name or _model_name(vlm.model)
-        self.tokens_generated = 0
+        self._counter = TokenCounter()
+
+    @property
+    def tokens_generated(self) -> int:  # type: ignore[override]
+        """Tokens generated so far by the current (or last) ``stream``."""
+        return self._counter.count
 
     @property
     def demo(self) -> bool:
@@ -171,7 +265,7 @@ class LocalBackend(Backend):
     def __repr__(self) -> str:
         return f"LocalBackend({self.vlm!r})"
 
-    def prepare(self, chat: Conversation | str | list[dict[str, Any]], images: Any = None) -> Any:
+    def prepare(self, chat: Chat, images: Any = None) -> BatchFeature:
         """The model inputs for the whole conversation: its chat template, then the processor.
 
         >>> inputs = backend.prepare(conversation)  # doctest: +SKIP
@@ -179,18 +273,11 @@ class LocalBackend(Backend):
         conversation = as_conversation(chat, images)
         if not conversation.turns or conversation.turns[-1].role != "user":
             raise BackendError("The conversation must end with a user turn to be answered; add_user(...) first.")
-        processor = self.vlm.processor
-        if not getattr(processor, "chat_template", None):
-            raise BackendError(
-                f"The processor of {self.name!r} has no chat template; use a chat checkpoint "
-                "(e.g. 'llava-hf/llava-1.5-7b-hf') or set processor.chat_template."
-            )
-        prompt = processor.apply_chat_template(conversation.to_messages(), add_generation_prompt=True, tokenize=False)
-        return self.vlm._encode([conversation.images], [prompt])
+        return self.vlm.encode([conversation.images], [self.vlm.chat_prompt(conversation.to_messages())])
 
     def stream(
         self,
-        chat: Conversation | str | list[dict[str, Any]],
+        chat: Chat,
         images: Any = None,
         *,
         max_new_tokens: int | None = None,
@@ -209,142 +296,18 @@ class LocalBackend(Backend):
         >>> for piece in backend.stream(conversation, stop_event=stop):  # doctest: +SKIP
         ...     print(piece, end="")
         """
-        from transformers import StoppingCriteriaList
-
-        from mllm_nb.vlm import _Cancelled, _trimmed
-
-        _check_sampling(do_sample, temperature, top_p)
+        settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p)
         conversation = as_conversation(chat, images)
         inputs = self.prepare(conversation)
-        generation: dict[str, Any] = {"do_sample": do_sample, **extra}
-        extras = (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_p", top_p))
-        generation.update({k: v for k, v in extras if v is not None})
-        self.vlm._warn_multi_image(len(conversation.images))
-        generation = self.vlm._check_budget(inputs, generation, [conversation.images])
-        stops = StoppingCriteriaList(generation.pop("stopping_criteria", None) or [])
-        stops += [_TokenCounter(self), _Cancelled(stop_event or threading.Event())]
-        tokenizer = getattr(self.vlm.processor, "tokenizer", self.vlm.processor)
-        streamer = _streamer_for(tokenizer)
-        self.tokens_generated = 0
-        yield from _trimmed(self.vlm._run_streaming(inputs, streamer, {**generation, "stopping_criteria": stops}))
-
-
-class _TokenCounter:
-    """A stopping criterion that never stops: it counts the tokens generated so far (one call per token)."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        self.backend.tokens_generated += 1
-        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+        self.vlm.warn_multi_image(len(conversation.images))
+        generation = self.vlm.check_budget(inputs, {**settings.to_kwargs(), **extra}, [conversation.images])
+        self._counter = TokenCounter()
+        stops = [*(generation.pop("stopping_criteria", None) or []), self._counter]
+        yield from self.vlm.stream_inputs(inputs, stop_event=stop_event, stopping_criteria=stops, **generation)
 
 
 def _model_name(model: Any) -> str:
     return str(getattr(model, "name_or_path", "") or type(model).__name__)
-
-
-def _streamer_for(tokenizer: Any) -> Any:
-    """A ``TokenStreamer`` when ``tokenizer`` decodes with the ``tokenizers`` library alone, else
-    ``TextIteratorStreamer`` (whole words): slow tokenizers, and fast ones that clean up spaces after decoding."""
-    from transformers import TextIteratorStreamer
-
-    if _decodes_in_rust(tokenizer):
-        return _token_streamer_class()(tokenizer)
-    return TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-
-def _decodes_in_rust(tokenizer: Any) -> bool:
-    """Whether ``tokenizer.decode`` is exactly ``backend_tokenizer.decode`` (no Python clean-up afterwards)."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        return False
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if not isinstance(backend, Tokenizer):
-        return False
-    if not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        return True
-    # transformers skips the clean-up for BPE models unless forced (tokenization_utils_tokenizers._decode)
-    forced = getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False)
-    return type(backend.model).__name__ == "BPE" and not forced
-
-
-def __getattr__(name: str) -> Any:
-    """``TokenStreamer`` is built on first use, so that importing this module does not import transformers."""
-    if name == "TokenStreamer":
-        return _token_streamer_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@functools.cache
-def _token_streamer_class() -> type:
-    from tokenizers.decoders import DecodeStream
-    from transformers.generation.streamers import BaseStreamer
-
-    class TokenStreamer(BaseStreamer):
-        """A ``generate`` streamer that yields each new token's text as soon as it decodes.
-
-        It skips the prompt and special tokens and decodes incrementally with
-        ``tokenizers.decoders.DecodeStream``, so a character split over several byte tokens (Korean,
-        emoji) comes out whole, in the piece of its last byte. The pieces join to
-        ``tokenizer.decode(new_tokens, skip_special_tokens=True)``; whatever was still undecodable when
-        generation ended (a character cut off by ``max_new_tokens``) comes out then, as ``decode`` writes it.
-        Iterate it in another thread than ``generate`` (batch size 1).
-
-        >>> streamer = TokenStreamer(processor.tokenizer)  # doctest: +SKIP
-        >>> threading.Thread(target=model.generate, kwargs={**inputs, "streamer": streamer}).start()  # doctest: +SKIP
-        >>> for piece in streamer:  # doctest: +SKIP
-        ...     print(piece, end="")
-        """
-
-        def __init__(self, tokenizer: Any) -> None:
-            self.tokenizer = tokenizer
-            self._backend = tokenizer.backend_tokenizer
-            self._decoder = DecodeStream(skip_special_tokens=True)
-            self._pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-            self._tokens: list[int] = []  # the new tokens so far
-            self._emitted: list[str] = []
-            self._prompt = True
-
-        def put(self, value: Any) -> None:
-            """Called by ``generate``: first with the prompt (skipped), then with each new token."""
-            if value.dim() > 1 and value.shape[0] > 1:
-                raise ValueError("TokenStreamer only supports batch size 1.")
-            if self._prompt:
-                self._prompt = False
-                return
-            for token in value.reshape(-1).tolist():
-                self._tokens.append(token)
-                text = self._decoder.step(self._backend, token)
-                if text:
-                    self._emit(text)
-
-        def end(self) -> None:
-            """Called by ``generate`` when it is done: flush what is left, then end the iteration."""
-            if self._tokens:
-                full, done = self._backend.decode(self._tokens, skip_special_tokens=True), "".join(self._emitted)
-                if len(full) > len(done) and full.startswith(done):
-                    self._emit(full[len(done) :])
-            self._pieces.put(None)
-
-        def _emit(self, text: str) -> None:
-            self._emitted.append(text)
-            self._pieces.put(text)
-
-        def __iter__(self) -> TokenStreamer:
-            return self
-
-        def __next__(self) -> str:
-            piece = self._pieces.get()
-            if piece is None:
-                raise StopIteration
-            return piece
-
-    TokenStreamer.__module__ = __name__
-    return TokenStreamer
 
 
 # ----------------------------------------------------------------------------------- server
@@ -408,7 +371,7 @@ class OpenAIBackend(Backend):
             )
         return self._client
 
-    def messages(self, chat: Conversation | str | list[dict[str, Any]], images: Any = None) -> list[dict[str, Any]]:
+    def messages(self, chat: Chat, images: Any = None) -> list[dict[str, Any]]:
         """The request's ``messages``: user images first as ``image_url`` data URLs, then the text.
 
         >>> OpenAIBackend("http://127.0.0.1:8000/v1", model="m").messages("Hi")
@@ -443,7 +406,7 @@ class OpenAIBackend(Backend):
 
     def stream(
         self,
-        chat: Conversation | str | list[dict[str, Any]],
+        chat: Chat,
         images: Any = None,
         *,
         max_new_tokens: int = 256,
@@ -464,15 +427,10 @@ class OpenAIBackend(Backend):
         >>> vllm.ask("Describe the image.", images="cat.jpg", do_sample=True, top_k=20)  # doctest: +SKIP
         >>> serve.ask("Describe it.", images="cat.jpg", generation_config='{"min_new_tokens": 20}')  # doctest: +SKIP
         """
-        _check_sampling(do_sample, temperature, top_p)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise BackendError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
-        request: dict[str, Any] = {
-            "model": self.model,
-            "messages": self.messages(chat, images),
-            "stream": True,
-            "max_tokens": max_new_tokens,
-        }
+        settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p)
+        request: dict[str, Any] = {"model": self.model, "messages": self.messages(chat, images), "stream": True}
+        if settings.max_new_tokens is not None:  # None: the server's default
+            request["max_tokens"] = settings.max_new_tokens
         if do_sample:
             request.update({k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
         else:

@@ -1,10 +1,9 @@
-"""A conversation of turns with images, for any model: the local ``VLM`` or a model server.
+"""A conversation of turns with images, as plain data, for any model: the local ``VLM`` or a model server.
 
 A :class:`Conversation` is an ordered list of :class:`Turn` s (user or assistant, each with text
 and, for the user, zero or more images). It converts to the chat-template message format that
 ``processor.apply_chat_template`` expects, saves and loads itself as JSON (images embedded as PNG
-data URLs) and exports Markdown. ``ask`` / ``stream`` send it to a backend (see
-:mod:`mllm_nb.backends`) and record the reply::
+data URLs) and exports Markdown::
 
     >>> from PIL import Image
     >>> chat = Conversation()
@@ -18,8 +17,8 @@ data URLs) and exports Markdown. ``ask`` / ``stream`` send it to a backend (see
     >>> Conversation.from_json(chat.to_json()).transcript() == chat.transcript()
     True
 
-With a model: ``chat.ask(vlm, "And the square?")`` (a ``VLM``, a backend, or a ``ChatPanel``'s
-backend) appends the question and the answer.
+To talk to a model, give the conversation to a :class:`mllm_nb.backends.ChatSession`:
+``ChatSession(vlm, chat).ask("And the square?")`` appends the question and the answer.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import html
 import io
 import json
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +102,7 @@ class Conversation:
         >>> Conversation().add_user("Hi").role
         'user'
         """
-        turn = Turn("user", text, _as_images(images))
+        turn = Turn("user", text, as_images(images))
         self.turns.append(turn)
         return turn
 
@@ -318,49 +316,6 @@ class Conversation:
             raise ConversationError(f"No such file {str(source)!r}; check the path.")
         return cls.from_json(source.read_bytes())
 
-    # ------------------------------------------------------------------------------ with a model
-
-    def stream(
-        self, model: Any, text: str, images: Any = None, *, stop_event: threading.Event | None = None, **settings: Any
-    ) -> Iterator[str]:
-        """Append the question, yield the reply piece by piece, then append the reply.
-
-        ``model`` is a ``VLM``, a backend (:mod:`mllm_nb.backends`) or anything ``as_backend`` takes;
-        ``settings`` are ``max_new_tokens``, ``temperature``, ``top_p``, ``do_sample``. Leaving the
-        loop early (or ``stop_event``) keeps the partial reply marked stopped; if the model fails, the
-        question is removed again and the error is raised.
-
-        >>> for piece in chat.stream(vlm, "What colour is it?"):  # doctest: +SKIP
-        ...     print(piece, end="")
-        """
-        from mllm_nb.backends import as_backend
-
-        backend = as_backend(model)
-        stop_event = stop_event or threading.Event()
-        self.add_user(text, images)
-        pieces: list[str] = []
-        try:
-            for piece in backend.stream(self, stop_event=stop_event, **settings):
-                pieces.append(piece)
-                yield piece
-        except GeneratorExit:  # the caller left the loop early: keep the partial reply, marked stopped
-            self.add_assistant("".join(pieces).strip(), stopped=True)
-            raise
-        except BaseException:
-            self.pop()
-            raise
-        self.add_assistant("".join(pieces).strip(), stopped=stop_event.is_set())
-
-    def ask(self, model: Any, text: str, images: Any = None, **settings: Any) -> str:
-        """Append the question and the model's whole reply; returns the reply.
-
-        >>> chat.ask(vlm, "What colour is the circle?", images="scene.png")  # doctest: +SKIP
-        'red'
-        """
-        for _ in self.stream(model, text, images, **settings):
-            pass
-        return self.turns[-1].text
-
 
 # ------------------------------------------------------------------------------------ helpers
 
@@ -394,7 +349,7 @@ def as_conversation(chat: Any, images: Any = None) -> Conversation:
         conversation.add_user(chat, images)
         return conversation
     if isinstance(chat, (list, tuple)):
-        return _from_messages(list(chat), _as_images(images))
+        return _from_messages(list(chat), as_images(images))
     raise ConversationError(
         f"Expected a Conversation, a question string or a list of chat messages; got a {type(chat).__name__}."
     )
@@ -420,7 +375,7 @@ def _from_messages(messages: list[Any], images: list[Image.Image]) -> Conversati
             if kind == "text":
                 texts.append(str(item.get("text", "")))
             elif kind == "image" and item.get("image") is not None:
-                turn_images += _as_images([item["image"]])
+                turn_images += as_images([item["image"]])
             elif kind == "image":
                 if not queue:
                     raise ConversationError(
@@ -474,8 +429,12 @@ def _load_data_url(url: str, index: int, number: int) -> Image.Image:
         raise ConversationError(f"Image {number} of turn {index} could not be decoded: {err}") from None
 
 
-def _as_images(images: Any) -> list[Image.Image]:
-    """None or [] -> no image; otherwise anything ``load_images`` accepts -> RGB PIL images in order."""
+def as_images(images: Any) -> list[Image.Image]:
+    """A turn's images: None or [] -> none; otherwise anything ``load_images`` accepts -> RGB PIL images in order.
+
+    >>> as_images(None), len(as_images(Image.new("RGB", (2, 2))))
+    ([], 1)
+    """
     from mllm_nb.images import load_images
 
     if images is None or (isinstance(images, (list, tuple)) and not images):

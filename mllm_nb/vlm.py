@@ -27,16 +27,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mllm_nb.chat import as_images
 from mllm_nb.errors import ImageLoadError, MllmNbError
+from mllm_nb.settings import check_generation
+from mllm_nb.streaming import StopWhenSet, stream_in_thread, streamer_for, trimmed
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 #: Generation keywords that the caller may not pass: ``ask`` builds them from images and question.
 _RESERVED_KWARGS = frozenset({"input_ids", "attention_mask", "pixel_values", "image_sizes", "inputs"})
-#: Keywords that only matter when sampling.
-_SAMPLING_KWARGS = ("temperature", "top_p", "top_k")
 
 
 class VLMError(MllmNbError, ValueError):
@@ -76,8 +81,8 @@ class VLM:
     'red'
     """
 
-    model: Any
-    processor: Any
+    model: PreTrainedModel
+    processor: ProcessorMixin
     name: str = ""
     plan: Any = field(default=None, repr=False)
     quantization: str | None = None
@@ -126,7 +131,7 @@ class VLM:
         """
         pil = self._images(images)
         inputs = self._inputs(pil, question)
-        generation = self._check_budget(inputs, generation, [pil])
+        generation = self.check_budget(inputs, generation, [pil])
         return self._decode(self._generate(inputs, **generation))[0]
 
     def caption(self, image: Any, prompt: str | None = None, **generation: Any) -> str:
@@ -146,13 +151,10 @@ class VLM:
         >>> for piece in vlm.stream("cat.jpg", "Describe the cat."):  # doctest: +SKIP
         ...     print(piece, end="")
         """
-        from mllm_nb.backends import _streamer_for
-
         pil = self._images(images)
         inputs = self._inputs(pil, question)
-        generation = self._check_budget(inputs, generation, [pil])
-        streamer = _streamer_for(self.processor.tokenizer)  # per token: the first piece shows at once
-        yield from _trimmed(self._run_streaming(inputs, streamer, generation))
+        generation = self.check_budget(inputs, generation, [pil])
+        yield from self.stream_inputs(inputs, **generation)
 
     def batch_ask(
         self,
@@ -170,7 +172,7 @@ class VLM:
         ['circle', 'blue']
         """
         pairs = [_check_item(i, item) for i, item in enumerate(items)]
-        self._warn_multi_image(max((len(images) for images, _ in pairs), default=0))
+        self.warn_multi_image(max((len(images) for images, _ in pairs), default=0))
         answers: list[str] = []
         for chunk in _progress(_chunks(pairs, _check_batch_size(batch_size)), progress, "Answering"):
             answers += self._answer_batch(chunk, generation)
@@ -220,7 +222,52 @@ class VLM:
         >>> inputs = vlm.prepare("cat.jpg", "What is this?")  # doctest: +SKIP
         >>> vlm.model.generate(**inputs, max_new_tokens=8)  # doctest: +SKIP
         """
-        return self._inputs(_as_images(images), question)
+        return self._inputs(as_images(images), question)
+
+    def encode(self, images: list[list[Image.Image]], prompts: list[str]) -> BatchFeature:
+        """The processor's output for one image list and one prompt per row (left padded), on the model's device.
+
+        >>> inputs = vlm.encode([[image]], [vlm.chat_prompt(messages)])  # doctest: +SKIP
+        """
+        inputs = self._process(images, prompts)
+        return inputs.to(self.device, dtype=self.dtype) if "pixel_values" in inputs else inputs.to(self.device)
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text for chat-template ``messages`` (``{"type": "image"}`` items where images go).
+
+        >>> vlm.chat_prompt([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}])  # doctest: +SKIP
+        'USER: Hi ASSISTANT:'
+        """
+        if not getattr(self.processor, "chat_template", None):
+            raise VLMError(
+                f"The processor of {self.name!r} has no chat template; use a chat checkpoint "
+                "(e.g. 'llava-hf/llava-1.5-7b-hf') or set processor.chat_template."
+            )
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def stream_inputs(
+        self, inputs: BatchFeature, *, stop_event: threading.Event | None = None, **generation: Any
+    ) -> Iterator[str]:
+        """Yield the answer to prepared ``inputs`` piece by piece (one per token where the tokenizer allows).
+
+        Generation runs in a worker thread; its errors are raised here. It ends at the next token once
+        ``stop_event`` is set or the loop is left. Extra ``stopping_criteria`` are kept.
+
+        >>> "".join(vlm.stream_inputs(vlm.prepare("cat.jpg", "What is it?"), max_new_tokens=8))  # doctest: +SKIP
+        'A cat.'
+        """
+        from transformers import StoppingCriteriaList
+
+        kwargs = self.generation_kwargs(**generation)  # fail here, before the thread starts
+        extra_stops = kwargs.pop("stopping_criteria", None) or []
+        streamer = streamer_for(getattr(self.processor, "tokenizer", self.processor))
+        events = [stop_event] if stop_event is not None else []
+
+        def work(cancel: threading.Event) -> None:
+            stops = StoppingCriteriaList([*extra_stops, StopWhenSet(cancel, *events)])
+            self._generate(inputs, streamer=streamer, stopping_criteria=stops, **kwargs)
+
+        yield from trimmed(stream_in_thread(work, streamer))
 
     def generation_kwargs(self, **generation: Any) -> dict[str, Any]:
         """The keyword arguments ``generate`` gets: the family defaults updated with ``generation``.
@@ -228,7 +275,10 @@ class VLM:
         >>> vlm.generation_kwargs(max_new_tokens=8)["do_sample"]  # doctest: +SKIP
         False
         """
-        _check_generation(generation)
+        reserved = sorted(_RESERVED_KWARGS & set(generation))
+        if reserved:
+            raise VLMError(f"{reserved[0]}= is built from the images and the question; pass those instead.")
+        check_generation(generation)
         defaults: dict[str, Any] = {"do_sample": False, "max_new_tokens": self.family.max_new_tokens}
         pad = self._pad_token_id()
         if pad is not None:
@@ -238,23 +288,17 @@ class VLM:
     def _prompt(self, n_images: int, question: str) -> str:
         if not isinstance(question, str) or not question.strip():
             raise VLMError(f"The question must be a non-empty string; got {question!r}.")
-        if not getattr(self.processor, "chat_template", None):
-            raise VLMError(
-                f"The processor of {self.name!r} has no chat template; use a chat checkpoint "
-                "(e.g. 'llava-hf/llava-1.5-7b-hf') or set processor.chat_template."
-            )
         content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
-        messages = [{"role": "user", "content": content}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.chat_prompt([{"role": "user", "content": content}])
 
     def _images(self, images: Any) -> list[Any]:
         """``images`` as RGB PIL images in order, with the multi-image warning when there are several."""
-        pil = _as_images(images)
-        self._warn_multi_image(len(pil), stacklevel=4)
+        pil = as_images(images)
+        self.warn_multi_image(len(pil), stacklevel=4)
         return pil
 
     def _inputs(self, pil: list[Any], question: str) -> Any:
-        return self._encode([pil], [self._prompt(len(pil), question)])
+        return self.encode([pil], [self._prompt(len(pil), question)])
 
     def _process(self, images: list[list[Any]], prompts: list[str]) -> Any:
         """The processor's output on the CPU: one image list and one prompt per row, left padded."""
@@ -265,18 +309,23 @@ class VLM:
             payload = [list(row) for row in images if row]
         return self.processor(images=payload, text=prompts, return_tensors="pt", **kwargs)
 
-    def _encode(self, images: list[list[Any]], prompts: list[str]) -> Any:
-        inputs = self._process(images, prompts)
-        return inputs.to(self.device, dtype=self.dtype) if "pixel_values" in inputs else inputs.to(self.device)
+    def check_budget(self, inputs: Any, generation: dict[str, Any], images: list[list[Any]]) -> dict[str, Any]:
+        """Raise ``BudgetError`` before any forward pass when the prompt can't fit (see ``mllm_nb.context_budget``).
 
-    def _check_budget(self, inputs: Any, generation: dict[str, Any], images: list[list[Any]]) -> dict[str, Any]:
-        """Raise ``BudgetError`` before any forward pass when the prompt can't fit (see ``mllm_nb.context_budget``)."""
+        Returns ``generation``, with a default ``max_new_tokens`` lowered to what the context leaves.
+
+        >>> vlm.check_budget(vlm.prepare(image, "What is it?"), {}, [[image]])  # doctest: +SKIP
+        {}
+        """
         from mllm_nb.context_budget import check_inputs
 
         return check_inputs(self, inputs, generation, [[image.size for image in row] for row in images])
 
-    def _warn_multi_image(self, n_images: int, stacklevel: int = 3) -> None:
-        """Warn once per VLM when a prompt with several images goes to a model not trained on them."""
+    def warn_multi_image(self, n_images: int, stacklevel: int = 3) -> None:
+        """Warn once per VLM (``MultiImageWarning``) when ``n_images`` > 1 go to a model not trained on several.
+
+        >>> vlm.warn_multi_image(2)  # doctest: +SKIP
+        """
         if n_images < 2 or self._multi_image_warned:
             return
         message = _multi_image_advice(self.name, getattr(self.model.config, "_name_or_path", ""))
@@ -311,36 +360,9 @@ class VLM:
 
     def _answer_batch(self, pairs: list[tuple[list[Any], str]], generation: dict[str, Any]) -> list[str]:
         prompts = [self._prompt(len(images), question) for images, question in pairs]
-        inputs = self._encode([images for images, _ in pairs], prompts)
-        generation = self._check_budget(inputs, generation, [images for images, _ in pairs])
+        inputs = self.encode([images for images, _ in pairs], prompts)
+        generation = self.check_budget(inputs, generation, [images for images, _ in pairs])
         return self._decode(self._generate(inputs, **generation))
-
-    def _run_streaming(self, inputs: Any, streamer: Any, generation: dict[str, Any]) -> Iterator[str]:
-        """Generate in a worker thread with ``streamer``; re-raise its error here; stop it when closed."""
-        from transformers import StoppingCriteriaList
-
-        cancel = threading.Event()
-        stops = StoppingCriteriaList(generation.pop("stopping_criteria", None) or [])
-        stops.append(_Cancelled(cancel))
-        _check_generation(generation)  # fail here, before the thread starts
-        errors: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self._generate(inputs, streamer=streamer, stopping_criteria=stops, **generation)
-            except BaseException as err:  # handed to the caller's thread below
-                errors.append(err)
-                streamer.end()
-
-        thread = threading.Thread(target=work, name="mllm_nb-stream", daemon=True)
-        thread.start()
-        try:
-            yield from streamer
-        finally:
-            cancel.set()
-            thread.join()
-        if errors:
-            raise errors[0]
 
     def _caption_chunk(
         self, files: list[Path], root: Path, question: str, sink: Any, counts: dict[str, int]
@@ -363,33 +385,6 @@ class VLM:
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-class _Cancelled:
-    """A stopping criterion that ends generation once ``event`` is set (the stream was closed)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def _trimmed(pieces: Iterable[str]) -> Iterator[str]:
-    """Drop leading and trailing whitespace of the whole stream, like ``str.strip`` on the joined text."""
-    started, pending = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            if not piece:
-                continue
-            started = True
-        body = piece.rstrip()
-        if body:
-            yield pending + body
-            pending = piece[len(body) :]
-        else:
-            pending += piece
 
 
 def _multi_image_advice(*names: str) -> str | None:
@@ -417,69 +412,17 @@ def _groups_images(processor: Any) -> bool:
     return "batch_num_images" in names
 
 
-def _as_images(images: Any) -> list[Any]:
-    """None or [] -> no image; otherwise anything ``load_images`` accepts -> RGB PIL images in order."""
-    from mllm_nb.images import load_images
-
-    if images is None:
-        return []
-    if isinstance(images, (list, tuple)) and not images:
-        return []
-    return load_images(images)
-
-
 def _check_item(index: int, item: Any) -> tuple[list[Any], str]:
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         raise VLMError(f"Item {index} of batch_ask must be an (images, question) pair; got {item!r:.80}.")
     images, question = item
-    return _as_images(images), question
+    return as_images(images), question
 
 
 def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise VLMError(f"batch_size must be a positive integer; got {batch_size!r}.")
     return batch_size
-
-
-def _check_generation(generation: dict[str, Any]) -> None:
-    """Light type checks, so that a typo fails here with one line and not deep inside ``generate``."""
-    reserved = sorted(_RESERVED_KWARGS & set(generation))
-    if reserved:
-        raise VLMError(f"{reserved[0]}= is built from the images and the question; pass those instead.")
-    _check_number(generation, "max_new_tokens", int, low=1)
-    _check_number(generation, "min_new_tokens", int, low=0)
-    _check_number(generation, "num_beams", int, low=1)
-    _check_number(generation, "top_k", int, low=0)
-    _check_number(generation, "temperature", float, low=0, open_low=True)
-    _check_number(generation, "top_p", float, low=0, high=1, open_low=True)
-    _check_number(generation, "repetition_penalty", float, low=0, open_low=True)
-    if "do_sample" in generation and not isinstance(generation["do_sample"], bool):
-        raise VLMError(f"do_sample must be True or False; got {generation['do_sample']!r}.")
-    if not generation.get("do_sample"):
-        given = [k for k in _SAMPLING_KWARGS if generation.get(k) is not None]
-        if given:
-            raise VLMError(f"{given[0]}= only matters when sampling; add do_sample=True (greedy is the default).")
-
-
-def _check_number(
-    generation: dict[str, Any],
-    key: str,
-    kind: type,
-    low: float | None = None,
-    high: float | None = None,
-    open_low: bool = False,
-) -> None:
-    if generation.get(key) is None:
-        return
-    value = generation[key]
-    allowed = (int,) if kind is int else (int, float)
-    bad_type = isinstance(value, bool) or not isinstance(value, allowed)
-    too_low = not bad_type and low is not None and (value <= low if open_low else value < low)
-    too_high = not bad_type and high is not None and value > high
-    if bad_type or too_low or too_high:
-        bounds = f"{'>' if open_low else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-        what = "an integer" if kind is int else "a number"
-        raise VLMError(f"{key} must be {what} {bounds}; got {value!r}.")
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

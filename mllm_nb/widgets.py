@@ -46,9 +46,10 @@ from typing import Any
 import ipywidgets as widgets
 from PIL import Image
 
-from mllm_nb.backends import as_backend
-from mllm_nb.chat import Conversation, Turn
+from mllm_nb.backends import Backend, ChatSession
+from mllm_nb.chat import Conversation, Turn, as_images
 from mllm_nb.errors import MllmNbError
+from mllm_nb.settings import GenerationSettings
 
 #: Longest side of the thumbnails shown in the conversation, in pixels.
 THUMBNAIL_SIZE = 96
@@ -83,11 +84,12 @@ class ChatPanel:
         conversation: Conversation | None = None,
         title: str = "Chat",
     ) -> None:
-        _check_settings(max_new_tokens, do_sample, temperature, top_p)
+        GenerationSettings(max_new_tokens, do_sample)  # the one validation (SettingsError)
+        GenerationSettings(max_new_tokens, True, temperature, top_p)  # the sampling sliders' start values
         if conversation is not None and not isinstance(conversation, Conversation):
             raise ChatPanelError(f"conversation must be a mllm_nb.Conversation; got a {type(conversation).__name__}.")
-        self.backend = as_backend(model)
-        self.conversation = conversation if conversation is not None else Conversation(system=system)
+        #: The backend and the conversation, with the send lifecycle (add, stream, record or roll back).
+        self.session = ChatSession(model, conversation if conversation is not None else Conversation(system=system))
         #: The last failure as one sentence (None after a successful reply).
         self.error: str | None = None
         self._pending: list[Image.Image] = []
@@ -105,9 +107,18 @@ class ChatPanel:
 
     # ---------------------------------------------------------------------------------- layout
 
+    @property
+    def backend(self) -> Backend:
+        """What answers: a ``LocalBackend``, an ``OpenAIBackend`` or another :class:`~mllm_nb.backends.Backend`."""
+        return self.session.backend
+
+    @property
+    def conversation(self) -> Conversation:
+        """The conversation shown (export it with ``to_json`` / ``save``)."""
+        return self.session.conversation
+
     def _build(self, title: str, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float) -> None:
-        describe = getattr(self.backend, "describe", None)
-        about = describe() if callable(describe) else type(self.backend).__name__
+        about = self.backend.describe()
         loud = getattr(self.backend, "demo", False) is True or about.startswith("DEMO MODE")
         colour = "#b45309" if loud else "#555"
         self.header = widgets.HTML(
@@ -133,11 +144,11 @@ class ChatPanel:
         )
         self.sampling_box = widgets.Checkbox(value=do_sample, description="sampling", indent=False)
         self.temperature_slider = widgets.FloatSlider(
-            value=temperature, min=0.05, max=2.0, step=0.05, description="temperature",
+            value=temperature, min=min(0.05, temperature), max=max(2.0, temperature), step=0.05, description="temperature",
             continuous_update=False, style=style,
         )
         self.top_p_slider = widgets.FloatSlider(
-            value=top_p, min=0.05, max=1.0, step=0.05, description="top-p", continuous_update=False, style=style
+            value=top_p, min=min(0.05, top_p), max=1.0, step=0.05, description="top-p", continuous_update=False, style=style
         )
         self.status = widgets.HTML()
         self._tooltips()
@@ -180,8 +191,7 @@ class ChatPanel:
 
     def __repr__(self) -> str:
         state = "streaming" if self.busy else "idle"
-        name = getattr(self.backend, "name", type(self.backend).__name__)
-        return f"ChatPanel({name!r}, {len(self.conversation)} turns, {state})"
+        return f"ChatPanel({self.backend.name!r}, {len(self.conversation)} turns, {state})"
 
     # ------------------------------------------------------------------------------ public API
 
@@ -197,11 +207,11 @@ class ChatPanel:
         >>> ChatPanel(backend).settings  # doctest: +SKIP
         {'max_new_tokens': 256, 'do_sample': False}
         """
-        settings: dict[str, Any] = {"max_new_tokens": int(self.max_tokens_slider.value), "do_sample": False}
-        if self.sampling_box.value:
-            settings.update(do_sample=True, temperature=float(self.temperature_slider.value),
-                            top_p=float(self.top_p_slider.value))
-        return settings
+        tokens = int(self.max_tokens_slider.value)
+        if not self.sampling_box.value:
+            return GenerationSettings(tokens).to_kwargs()
+        sampling = float(self.temperature_slider.value), float(self.top_p_slider.value)
+        return GenerationSettings(tokens, True, *sampling).to_kwargs()
 
     def send(self, text: str, images: Any = None, wait: bool = True) -> str | None:
         """Ask ``text`` with ``images`` (any ``load_images`` source) plus images attached in the panel.
@@ -327,15 +337,13 @@ class ChatPanel:
 
     def _start(self, text: Any, images: Any, from_inputs: bool) -> bool:
         """Add the user turn and start the worker; False (error shown) when the input is unusable."""
-        from mllm_nb.chat import _as_images
-
         if not isinstance(text, str):
             self._fail(ChatPanelError(f"The question must be text; got a {type(text).__name__}."))
             return False
         if from_inputs and not self._add_source():
             return False
         try:
-            extra = _as_images(images)
+            extra = as_images(images)
         except MllmNbError as err:
             self._fail(err)
             return False
@@ -343,55 +351,43 @@ class ChatPanel:
         if not text.strip() and not attached:
             self._fail(ChatPanelError("Type a question (and attach images if you like) before pressing Send."))
             return False
-        snapshot = list(self.conversation.turns)
-        self.conversation.add_user(text.strip(), attached)
+        stream = self.session.stream(text.strip(), attached, stop_event=self._stop, **self.settings)
         restore = (text, list(self._pending)) if from_inputs else None
         self._pending = []
         self._render_attachments()
         if from_inputs:
             self.prompt_box.value = ""
-        self._launch(snapshot, restore)
+        self._launch(stream, restore)
         return True
 
     def _regenerate(self) -> bool:
-        turns = self.conversation.turns
-        if not any(turn.role == "user" for turn in turns):
+        if not any(turn.role == "user" for turn in self.conversation.turns):
             self._fail(ChatPanelError("Nothing to regenerate yet; send a question first."))
             return False
-        snapshot = list(turns)
-        while turns and turns[-1].role == "assistant":
-            turns.pop()
-        self._launch(snapshot, None)
+        self._launch(self.session.stream_again(stop_event=self._stop, **self.settings), None)
         return True
 
-    def _launch(self, snapshot: list[Turn], restore: tuple[str, list[Image.Image]] | None) -> None:
+    def _launch(self, stream: Iterator[str], restore: tuple[str, list[Image.Image]] | None) -> None:
         self.error = None
         self._stop.clear()
         self._partial, self._pieces = "", 0
         self._started = time.monotonic()
-        settings = self.settings
-        self._thread = threading.Thread(
-            target=self._work, args=(settings, snapshot, restore), name="mllm_nb-chat", daemon=True
-        )
+        self._thread = threading.Thread(target=self._work, args=(stream, restore), name="mllm_nb-chat", daemon=True)
         self._set_busy(True)
         self._render()
         self._set_status("generating")
         self._thread.start()
 
-    def _work(self, settings: dict[str, Any], snapshot: list[Turn], restore: Any) -> None:
+    def _work(self, stream: Iterator[str], restore: tuple[str, list[Image.Image]] | None) -> None:
+        """Stream the answer (the session records it, or rolls the conversation back) and keep the view live."""
         pieces: list[str] = []
         try:
-            for piece in _pieces(self.backend.stream(self.conversation, stop_event=self._stop, **settings)):
+            for piece in stream:
                 pieces.append(piece)
                 self._partial, self._pieces = "".join(pieces), len(pieces)
                 self._refresh()
-                if self._stop.is_set():
-                    break
-            stopped = self._stop.is_set()
-            self.conversation.add_assistant("".join(pieces).strip(), stopped=stopped)
-            state = "stopped" if stopped else "done"
+            state = "stopped" if self._stop.is_set() else "done"
         except BaseException as err:  # noqa: BLE001 - shown in the panel; the panel stays usable
-            self.conversation.turns[:] = snapshot
             if restore is not None:
                 self.prompt_box.value = restore[0]
                 self._pending = restore[1] + self._pending
@@ -436,7 +432,7 @@ class ChatPanel:
         parts = [f"<b>{html.escape(state)}</b>"]
         if state in ("generating", "stopping", "done", "stopped"):
             elapsed = max(time.monotonic() - self._started, 1e-6)
-            tokens = getattr(self.backend, "tokens_generated", None)
+            tokens = self.backend.tokens_generated
             count = tokens if isinstance(tokens, int) and tokens > 0 else self._pieces
             noun = "token" if count == 1 else "tokens"
             parts += [f"{count} {noun}", f"{count / elapsed:.1f} tokens/s", f"{elapsed:.1f} s"]
@@ -509,16 +505,6 @@ def one_sentence(err: BaseException) -> str:
     return f"The model failed ({type(err).__name__}{detail}); check the inputs and settings, then try again."
 
 
-def _pieces(stream: Iterator[str]) -> Iterator[str]:
-    """The stream, closed when the consumer stops early (so a local model's worker thread ends)."""
-    try:
-        yield from stream
-    finally:
-        close = getattr(stream, "close", None)
-        if callable(close):
-            close()
-
-
 def _bubble(role: str, body: str, colour: str) -> str:
     return (
         f"<div style='background:{colour};border-radius:6px;padding:6px 8px;margin:4px 0;white-space:pre-wrap'>"
@@ -556,14 +542,3 @@ def _clear_upload(upload: widgets.FileUpload) -> None:
     upload.metadata = []
     upload.data = []
     upload._counter = 0
-
-
-def _check_settings(max_new_tokens: Any, do_sample: Any, temperature: Any, top_p: Any) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ChatPanelError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}.")
-    if not isinstance(do_sample, bool):
-        raise ChatPanelError(f"do_sample must be True or False; got {do_sample!r}.")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.05 <= temperature <= 2:
-        raise ChatPanelError(f"temperature must be a number from 0.05 to 2 (the slider's range); got {temperature!r}.")
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.05 <= top_p <= 1:
-        raise ChatPanelError(f"top_p must be a number from 0.05 to 1 (the slider's range); got {top_p!r}.")

@@ -29,6 +29,7 @@ from mllm_nb.backends import (
 )
 from mllm_nb.chat import Conversation
 from mllm_nb.errors import MllmNbError
+from mllm_nb.settings import SettingsError
 
 RED = Image.new("RGB", (40, 40), (220, 30, 30))
 BLUE = Image.new("RGB", (50, 30), (20, 40, 230))
@@ -102,7 +103,7 @@ def scripted(ids, before_step=None) -> dict:
 def test_each_tokens_text_is_handed_over_before_the_next_token_is_generated(vlm, local):
     from test_loading import WORDS
 
-    from mllm_nb.backends import TokenStreamer
+    from mllm_nb.streaming import TokenStreamer
 
     received, first_seen, waited = [], threading.Event(), {}
 
@@ -116,7 +117,7 @@ def test_each_tokens_text_is_handed_over_before_the_next_token_is_generated(vlm,
         first_seen.set()
     assert waited == {"seen": True}  # a word-level streamer would hold "w5" until token 2 arrives
     assert received == ["w5", " w6", " w7", " w8"]  # one piece per token
-    assert isinstance(TokenStreamer, type) and TokenStreamer.__module__ == "mllm_nb.backends"
+    assert isinstance(TokenStreamer, type) and TokenStreamer.__module__ == "mllm_nb.streaming"
 
 
 def test_multi_turn_goes_through_the_chat_template_with_images_in_order(vlm, local):
@@ -194,7 +195,7 @@ def test_sampling_settings_reach_generate(local, monkeypatch):
 
 
 def test_local_backend_errors(local, vlm, monkeypatch):
-    with pytest.raises(BackendError, match="add do_sample=True"):
+    with pytest.raises(SettingsError, match="add do_sample=True"):
         local.ask("w1", temperature=0.7)
     chat = Conversation()
     chat.add_user("w1")
@@ -306,7 +307,7 @@ def byte_llava():
 
 def test_the_streamer_hands_over_each_character_as_soon_as_its_last_byte_arrives():
     torch = pytest.importorskip("torch")
-    from mllm_nb.backends import TokenStreamer
+    from mllm_nb.streaming import TokenStreamer
 
     tokenizer = byte_fallback_tokenizer()
     ids = tokenizer(HANGUL, add_special_tokens=False)["input_ids"]
@@ -349,19 +350,19 @@ def test_korean_and_emoji_stream_whole_and_join_to_the_greedy_ask_answer(byte_ll
 def test_tokenizers_that_clean_up_after_decoding_keep_the_word_streamer(vlm):
     from transformers import TextIteratorStreamer
 
-    from mllm_nb.backends import TokenStreamer, _streamer_for
+    from mllm_nb.streaming import TokenStreamer, streamer_for
 
     tokenizer = vlm.processor.tokenizer  # word-level: transformers' clean-up would apply to it
-    assert isinstance(_streamer_for(tokenizer), TokenStreamer)
+    assert isinstance(streamer_for(tokenizer), TokenStreamer)
     tokenizer.clean_up_tokenization_spaces = True
     try:
-        assert isinstance(_streamer_for(tokenizer), TextIteratorStreamer)
+        assert isinstance(streamer_for(tokenizer), TextIteratorStreamer)
     finally:
         tokenizer.clean_up_tokenization_spaces = False
     bpe = byte_fallback_tokenizer()
     bpe.clean_up_tokenization_spaces = True  # ignored by transformers for BPE models
-    assert isinstance(_streamer_for(bpe), TokenStreamer)
-    assert isinstance(_streamer_for(types.SimpleNamespace(decode=str)), TextIteratorStreamer)  # no fast backend
+    assert isinstance(streamer_for(bpe), TokenStreamer)
+    assert isinstance(streamer_for(types.SimpleNamespace(decode=str)), TextIteratorStreamer)  # no fast backend
 
 
 # ============================================================================== fake server
@@ -652,9 +653,9 @@ def test_bad_construction(kwargs, fragment):
 
 def test_bad_settings_fail_before_any_request():
     backend = OpenAIBackend("http://127.0.0.1:9/v1", model="m")
-    with pytest.raises(BackendError, match="add do_sample=True"):
+    with pytest.raises(SettingsError, match="add do_sample=True"):
         backend.ask("w1", temperature=0.5)
-    with pytest.raises(BackendError, match="max_new_tokens must be an integer >= 1"):
+    with pytest.raises(SettingsError, match="max_new_tokens must be an integer >= 1"):
         backend.ask("w1", max_new_tokens=0)
 
 

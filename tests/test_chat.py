@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mllm_nb.backends import Backend
+from mllm_nb.backends import Backend, ChatSession
 from mllm_nb.chat import (
     Conversation,
     ConversationError,
@@ -256,7 +256,7 @@ class Recorder(Backend):
 
 def test_ask_appends_question_and_stripped_answer_and_passes_settings():
     chat, backend = Conversation(), Recorder()
-    assert chat.ask(backend, "What colours?", images=RED, max_new_tokens=7) == "red and blue"
+    assert ChatSession(backend, chat).ask("What colours?", images=RED, max_new_tokens=7) == "red and blue"
     assert chat.transcript() == "USER: [image 1] What colours?\nASSISTANT: red and blue"
     assert backend.calls == [("USER: [image 1] What colours?", {"max_new_tokens": 7})]
     assert backend.ask("Hi") == "red and blue"
@@ -265,7 +265,7 @@ def test_ask_appends_question_and_stripped_answer_and_passes_settings():
 def test_stream_marks_a_reply_stopped_by_the_event():
     chat, stop = Conversation(), threading.Event()
     pieces = []
-    for piece in chat.stream(Recorder(), "w1", stop_event=stop):
+    for piece in ChatSession(Recorder(), chat).stream("w1", stop_event=stop):
         pieces.append(piece)
         stop.set()
     assert pieces == ["  red"]
@@ -275,16 +275,16 @@ def test_stream_marks_a_reply_stopped_by_the_event():
 def test_a_failing_backend_leaves_the_conversation_as_it_was():
     chat = Conversation()
     with pytest.raises(RuntimeError, match="server went away"):
-        chat.ask(Recorder(fail_after=0), "w1")
+        ChatSession(Recorder(fail_after=0), chat).ask("w1")
     assert len(chat) == 0
     with pytest.raises(RuntimeError):
-        chat.ask(Recorder(fail_after=2), "w1")
+        ChatSession(Recorder(fail_after=2), chat).ask("w1")
     assert len(chat) == 0
 
 
 def test_leaving_the_loop_early_keeps_the_partial_reply_marked_stopped():
     chat = Conversation()
-    stream = chat.stream(Recorder(), "w1")
+    stream = ChatSession(Recorder(), chat).stream("w1")
     assert next(stream) == "  red" and next(stream) == " and"
     stream.close()
     assert chat.transcript() == "USER: w1\nASSISTANT: red and [stopped]"
@@ -296,3 +296,45 @@ def test_copy_and_clear():
     chat.clear()
     assert len(chat) == 0 and chat.system == "Answer briefly." and len(twin) == 3 and len(twin.images) == 3
     assert repr(twin) == "Conversation(3 turns, 3 images)"
+
+
+def test_stream_again_replaces_the_last_answer_and_restores_it_on_error():
+    chat = Conversation()
+    session = ChatSession(Recorder(pieces=["first"]), chat)
+    session.ask("w1")
+    session.backend.pieces = ["second"]
+    assert "".join(session.stream_again()) == "second"
+    assert chat.transcript() == "USER: w1\nASSISTANT: second"
+    session.backend.fail_after = 0
+    with pytest.raises(RuntimeError, match="server went away"):
+        list(session.stream_again())
+    assert chat.transcript() == "USER: w1\nASSISTANT: second"
+    with pytest.raises(ConversationError, match="Nothing to regenerate yet"):
+        ChatSession(Recorder()).stream_again()
+
+
+def test_a_backend_is_anything_with_the_protocols_members():
+    from mllm_nb.backends import BackendError, as_backend
+
+    class Duck:
+        name, tokens_generated = "duck", 0
+
+        def stream(self, chat, images=None, **settings):
+            yield "quack"
+
+        def ask(self, chat, images=None, **settings):
+            return "quack"
+
+        def describe(self):
+            return "a duck"
+
+    class StreamOnly:
+        def stream(self, chat, images=None, **settings):
+            yield "x"
+
+    duck = Duck()
+    assert isinstance(duck, Backend) and as_backend(duck) is duck
+    assert ChatSession(duck).ask("w1") == "quack"
+    assert isinstance(Recorder(), Backend) and not isinstance(StreamOnly(), Backend)
+    with pytest.raises(BackendError, match="subclass mllm_nb.Backend: only stream is needed"):
+        as_backend(StreamOnly())

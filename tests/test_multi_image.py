@@ -230,7 +230,7 @@ def test_batch_ask_with_different_image_counts_equals_one_by_one(vlm):
         expected = [vlm.ask(images, question, max_new_tokens=4) for images, question in items]
         assert vlm.batch_ask(items, batch_size=4, max_new_tokens=4) == expected
         assert vlm.batch_ask(items[::-1], batch_size=4, max_new_tokens=4) == expected[::-1]
-    inputs = vlm._encode([[RED, BLUE, NOISE], [], [GREEN], [NOISE, RED]], ["USER: <image> <image> <image> w1",
+    inputs = vlm.encode([[RED, BLUE, NOISE], [], [GREEN], [NOISE, RED]], ["USER: <image> <image> <image> w1",
                                                                            "USER: w3", "USER: <image> w8",
                                                                            "USER: <image> <image> w9"])
     counts = (inputs["input_ids"] == IMAGE_TOKEN_ID).sum(dim=1).tolist()
