@@ -1,4 +1,4 @@
-"""The synthetic shapes generator, the committed tiny CLIP fixture and its training script."""
+"""The synthetic shapes generator and the committed tiny CLIP fixture (its training script: test_fixture_training_clip)."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def test_fixture_folder_is_small_and_complete() -> None:
     path, is_fixture = resolve_model("openai/clip-vit-base-patch32", "clip", demo=True)
     assert is_fixture and Path(path) == FIXTURE
     card = (FIXTURE / "README.md").read_text(encoding="utf-8")
-    assert "demo mode only" in card and "python -m mllm_nb.demo.train_clip" in card
+    assert "demo mode only" in card and "python -m fixtures.train_clip" in card
 
 
 def test_fixture_recorded_metrics_meet_the_bar() -> None:
@@ -202,21 +202,3 @@ def test_fixture_zero_shot_on_fresh_images(
     predicted = [CLASSES[i] for i in probs.argmax(dim=-1).tolist()]
     accuracy = np.mean([p == (c, s) for p, (_, c, s) in zip(predicted, samples)])
     assert accuracy >= bar, f"{lang} zero-shot top-1 {accuracy:.1%}"
-
-
-# --- training script --------------------------------------------------------------------------
-
-
-def test_training_smoke_produces_a_loadable_folder(tmp_path: Path) -> None:
-    from mllm_nb.demo.train_clip import TrainSettings, train
-
-    settings = TrainSettings(steps=3, batch_size=12, pool_per_class=2, eval_per_class=1, warmup_steps=1, log_every=0)
-    metrics = train(tmp_path, settings)
-    assert {"zero_shot_top1_en", "zero_shot_top1_ko", "seed", "train_seconds"} <= set(metrics)
-    assert json.loads((tmp_path / "training_metrics.json").read_text(encoding="utf-8"))["steps"] == 3
-    loaded = CLIPModel.from_pretrained(tmp_path)
-    proc = CLIPProcessor.from_pretrained(tmp_path)
-    image = make_classification_set(1, seed=1)[0][0]
-    inputs = proc(text=class_labels("en")[:2], images=[image], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        assert loaded(**inputs).logits_per_image.shape == (1, 2)

@@ -1,4 +1,4 @@
-"""mllm_nb.demo.training: the pieces the fixture training scripts share."""
+"""fixtures.training: the pieces the fixture training scripts share."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 import torch
 from torch import nn
 
-from mllm_nb.demo.training import (
+from fixtures.training import (
     deterministic_algorithms,
     lr_factor,
     make_adamw,
