@@ -70,7 +70,7 @@ _EXPORTS: dict[str, str] = {
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
 _SUBMODULES = {
     "backends", "catalog", "chat", "clip", "cli", "context_budget", "defects", "demo", "display", "errors", "hardware",
-    "honeybee", "images", "loading", "metrics", "plan", "samples", "settings", "streaming", "text_reading", "vlm",
+    "honeybee", "images", "loading", "memory", "metrics", "plan", "samples", "settings", "streaming", "text_reading", "vlm",
     "widgets",
 }
 

@@ -11,19 +11,8 @@ Two ways of counting image tokens:
 * **A loaded VLM** (``mllm_nb.load_vlm``): its real processor builds the prompt, so totals are exactly
   what the model would get (image tokens are counted in ``input_ids``).
 * **A model id** (catalog id, local folder or config): no processor, no download; the processor's
-  rules are applied to the settings in the config (``vision_config.image_size`` / ``patch_size``,
-  ``vision_feature_select_strategy``, ``image_grid_pinpoints``, ``vision_aspect_ratio``):
-
-  - ``llava`` (LLaVA-1.5, LLaVA-Interleave): ``(image_size // patch_size)**2`` per image, +1 for the CLS
-    token of a CLIP tower (the processor's ``num_additional_image_tokens``), -1 with the ``"default"``
-    strategy (CLS dropped): 576 for LLaVA-1.5, 729 for Interleave, whatever the image size.
-  - ``llava_next`` (anyres): the base image, plus the best crop grid from ``image_grid_pinpoints``
-    unpadded to the aspect ratio, plus one newline token per feature row (LlavaNextProcessor's rule).
-  - ``llava_onevision``: the same with the grid pooled to at most ~9 crops (anyres_max_9) for an image
-    alone in its prompt; ``(image_size // patch_size)**2 + 1`` per image when a prompt holds several.
-  The tests check these rules against the real processors' output.
-  - ``honeybee``: ``config.num_visual_tokens`` per image.
-
+  rules (:mod:`mllm_nb.memory.tokens`) are applied to the settings in the config (``vision_config.image_size``
+  / ``patch_size``, ``vision_feature_select_strategy``, ``image_grid_pinpoints``, ``vision_aspect_ratio``).
   Text tokens are then estimated (no tokenizer): ``TEMPLATE_TOKENS`` for the chat template plus one
   token per ``CHARS_PER_TOKEN`` characters of the question and ``IMAGE_SEPARATOR_TOKENS`` per image.
 
@@ -34,13 +23,17 @@ Two ways of counting image tokens:
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from mllm_nb.errors import MllmNbError
+from mllm_nb.hardware import best_dtype, dtype_name, format_bytes, free_memory
+from mllm_nb.memory.architecture import config_context_length
+from mllm_nb.memory.report import Report, ReportError
+from mllm_nb.memory.resolution import resolve_model
+from mllm_nb.memory.sizes import activation_bytes, kv_bytes_per_token
+from mllm_nb.memory.tokens import ANYRES_FAMILIES, TokenRules, rules_from_config, rules_from_processor
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -50,179 +43,31 @@ TEMPLATE_TOKENS = 32  # chat-template tokens of one user turn (role markers, sys
 CHARS_PER_TOKEN = 3  # English BPE averages ~4 characters per token; 3 errs on the long side
 IMAGE_SEPARATOR_TOKENS = 2  # the newline or space a template writes after each image placeholder
 DEFAULT_QUESTION = "Describe the image."
-_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
-_ANYRES = ("llava_next", "llava_onevision")
+_KV_DTYPES = ("float16", "bfloat16", "float32")  # others (float64) are sized as float16, as before
 
 
-class BudgetError(MllmNbError, ValueError):
+class BudgetError(ReportError, ValueError):
     """A prompt does not fit the model's context or the free memory; ``.report`` holds the numbers.
 
     >>> str(BudgetError("3 images need 8,784 tokens but the context is 4,096; use fewer images."))[:8]
     '3 images'
     """
 
-    def __init__(self, report_or_message: BudgetReport | str) -> None:
-        self.report = report_or_message if isinstance(report_or_message, BudgetReport) else None
-        message = report_or_message.summary() if self.report is not None else str(report_or_message)
-        super().__init__(message)
-
-
-# --------------------------------------------------------------------------- image-token rules
-
-
-@dataclass(frozen=True)
-class _Rules:
-    """The settings that decide how many LLM tokens one image becomes (a processor's, or a config's)."""
-
-    family: str  # llava, llava_next, llava_onevision, or "fixed" (Honeybee, unknown models)
-    patch_size: int = 14
-    processed: tuple[int, int] = (336, 336)  # (height, width) each image or crop is resized to
-    extra_tokens: int = 0  # num_additional_image_tokens: the CLS token of a CLIP tower
-    strategy: str = "default"  # vision_feature_select_strategy; "default" drops the CLS feature
-    pinpoints: tuple[tuple[int, int], ...] = ()
-    aspect_ratio: str = "anyres_max_9"
-    base_tokens: int = 0  # OneVision's num_image_tokens: features of the base image
-    fixed: int = 0  # tokens per image for the "fixed" family
-    source: str = "config"
-
-    @property
-    def anyres(self) -> bool:
-        return self.family in _ANYRES
-
-    def per_image(self, size: tuple[int, int], n_in_prompt: int = 1) -> int:
-        """Tokens of one ``(width, height)`` image in a prompt holding ``n_in_prompt`` images."""
-        drop = 1 if self.strategy == "default" else 0
-        height, width = self.processed
-        if self.family == "llava":
-            return (height // self.patch_size) * (width // self.patch_size) + self.extra_tokens - drop
-        if self.family == "llava_next":
-            patches = (height // self.patch_size, width // self.patch_size)
-            grid = _anyres_grid_tokens(size, self.processed, patches, self.pinpoints)
-            return patches[0] * patches[1] + self.extra_tokens + grid - drop
-        if self.family == "llava_onevision":
-            if n_in_prompt > 1:
-                return self.base_tokens + 1 - drop  # several images: base features + one newline each
-            side = math.isqrt(self.base_tokens)
-            max_crops = int(self.aspect_ratio.removeprefix("anyres_max_"))
-            grid = _anyres_grid_tokens(size, self.processed, (side, side), self.pinpoints, max_crops)
-            return self.base_tokens + grid - drop
-        return self.fixed
-
-
-def _anyres_grid_tokens(
-    size: tuple[int, int],
-    processed: tuple[int, int],
-    patches: tuple[int, int],
-    pinpoints: tuple[tuple[int, int], ...],
-    max_crops: int | None = None,
-) -> int:
-    """Feature tokens of the high-resolution crops of one ``(width, height)`` image, newline tokens included.
-
-    The image is fitted into the best grid resolution (transformers' public ``select_best_resolution``),
-    cut into crops of ``processed`` pixels, each giving ``patches`` features; the rows and columns that
-    only cover the letterbox padding are dropped, one newline token ends each remaining row, and OneVision
-    (``max_crops``) pools the grid down when it holds more than about ``max_crops`` crops of features.
-    """
-    from transformers.image_processing_utils import select_best_resolution
-
-    width, height = size
-    best_height, best_width = select_best_resolution((height, width), [list(p) for p in pinpoints])
-    rows = patches[0] * (best_height // processed[0])
-    cols = patches[1] * (best_width // processed[1])
-    if width / height > cols / rows:  # wider than the grid: padding above and below
-        rows -= 2 * ((rows - int(round(height * cols / width, 7))) // 2)
-    else:
-        cols -= 2 * ((cols - int(round(width * rows / height, 7))) // 2)
-    if max_crops is not None:
-        shrink = math.sqrt(rows * cols / (max_crops * patches[0] ** 2))
-        if shrink > 1.1:
-            rows, cols = int(rows // shrink), int(cols // shrink)
-    return rows * cols + rows
-
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    """``obj.key`` or ``obj[key]`` (configs, dicts, SizeDicts)."""
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def _rules_from_config(config: Any, fixed_fallback: int = 0) -> _Rules:
-    """The processor rules implied by a model config (see the module docstring)."""
-    model_type = getattr(config, "model_type", "")
-    if model_type == "honeybee":
-        return _Rules("fixed", fixed=int(config.num_visual_tokens))
-    vision = getattr(config, "vision_config", None)
-    patch, size = _get(vision, "patch_size"), _get(vision, "image_size")
-    if model_type not in ("llava", *_ANYRES) or not patch or not size:
-        fixed = fixed_fallback or int(getattr(config, "image_seq_length", 0) or 0)
-        return _Rules("fixed", fixed=fixed)
-    return _Rules(
-        family=model_type,
-        patch_size=int(patch),
-        processed=(int(size), int(size)),
-        extra_tokens=1 if _get(vision, "model_type") == "clip_vision_model" else 0,
-        strategy=str(getattr(config, "vision_feature_select_strategy", "default") or "default"),
-        pinpoints=tuple(tuple(int(v) for v in p) for p in (getattr(config, "image_grid_pinpoints", None) or ())),
-        aspect_ratio=str(getattr(config, "vision_aspect_ratio", None) or "anyres_max_9"),
-        base_tokens=(int(size) // int(patch)) ** 2,
-    )
-
-
-def _processed_size(image_processor: Any) -> tuple[int, int] | None:
-    """(height, width) a processor resizes each image or crop to: its crop size, else its size."""
-    crop = _get(image_processor, "crop_size")
-    if _get(image_processor, "do_center_crop") and _get(crop, "height"):
-        return int(_get(crop, "height")), int(_get(crop, "width"))
-    size = _get(image_processor, "size")
-    if _get(size, "height"):
-        return int(_get(size, "height")), int(_get(size, "width"))
-    if _get(size, "shortest_edge"):
-        return int(_get(size, "shortest_edge")), int(_get(size, "shortest_edge"))
-    return None
-
-
-def _rules_from_processor(processor: Any, config: Any) -> _Rules:
-    """The config's rules with every setting the loaded processor states itself taking precedence."""
-    if getattr(processor, "num_visual_tokens", None):  # Honeybee
-        return _Rules("fixed", fixed=int(processor.num_visual_tokens), source="processor")
-    rules = _rules_from_config(config)
-    if rules.family == "fixed":
-        return rules
-    image_processor = getattr(processor, "image_processor", None)
-    updates: dict[str, Any] = {"source": "processor"}
-    for field_name, attr in (("patch_size", "patch_size"), ("extra_tokens", "num_additional_image_tokens"),
-                             ("base_tokens", "num_image_tokens")):
-        if isinstance(getattr(processor, attr, None), int):
-            updates[field_name] = int(getattr(processor, attr))
-    for field_name, attr in (("strategy", "vision_feature_select_strategy"), ("aspect_ratio", "vision_aspect_ratio")):
-        if isinstance(getattr(processor, attr, None), str):
-            updates[field_name] = getattr(processor, attr)
-    pinpoints = _get(image_processor, "image_grid_pinpoints")
-    if pinpoints and rules.anyres:
-        updates["pinpoints"] = tuple(tuple(int(v) for v in p) for p in pinpoints)
-    processed = _processed_size(image_processor)
-    if processed:
-        updates["processed"] = processed
-    return replace(rules, **updates)
-
 
 # --------------------------------------------------------------------------- the report
 
 
 def _gb(num: float) -> str:
-    """Bytes as decimal GB with two decimals (MB below 0.01 GB).
+    """Bytes the budget's way: two decimals of a GB, MB below 0.01 GB.
 
     >>> _gb(4_036_701_768), _gb(3_200_000)
     ('4.04 GB', '3.2 MB')
     """
-    return f"{num / 1e9:.2f} GB" if abs(num) >= 1e7 else f"{num / 1e6:.1f} MB"
+    return format_bytes(num, decimals=2, small_unit="MB")
 
 
 @dataclass(frozen=True)
-class BudgetReport:
+class BudgetReport(Report):
     """The token and memory budget of one prompt (or of the longest prompt of a batch).
 
     ``image_tokens`` has one entry per image in prompt order (empty when the breakdown is unknown);
@@ -253,6 +98,8 @@ class BudgetReport:
     anyres: bool = False
     notes: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+
+    error = BudgetError
 
     @property
     def n_images(self) -> int:
@@ -308,9 +155,20 @@ class BudgetReport:
         >>> budget("llava-hf/llava-1.5-7b-hf", [(64, 64)]).raise_if_over().fits
         True
         """
-        if self.problems:
-            raise BudgetError(self)
+        self.raise_unless_fits()
         return self
+
+    def subject(self) -> str:
+        """The model's name."""
+        return self.model
+
+    def headline(self) -> str:
+        """``Budget of <model>: fits``."""
+        return f"Budget of {self.model}: {self.verdict()}"
+
+    def sections(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The problems, then the notes, under the table."""
+        return (("Problems", self.problems), ("Notes", self.notes))
 
     def _free_text(self) -> str:
         return "unknown" if self.free_bytes is None else f"{_gb(self.free_bytes)} free"
@@ -340,30 +198,7 @@ class BudgetReport:
             ("counted by", self.source),
         ]
 
-    def __str__(self) -> str:
-        table = self.rows_table()
-        width = max(len(label) for label, _ in table)
-        lines = [f"Budget of {self.model}: {'fits' if self.fits else 'does not fit'}"]
-        lines += [f"  {label.ljust(width)}  {value}" for label, value in table]
-        if self.problems:
-            lines += ["Problems:"] + [f"  - {p}" for p in self.problems]
-        if self.notes:
-            lines += ["Notes:"] + [f"  - {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        esc = html.escape
-        color = "#1a7f37" if self.fits else "#cf222e"
-        head = f"<b>{esc(self.model)}</b> <b style='color:{color}'>{'fits' if self.fits else 'does not fit'}</b>"
-        cells = "".join(
-            f"<tr><th style='text-align:left'>{esc(label)}</th><td style='text-align:left'>{esc(value)}</td></tr>"
-            for label, value in self.rows_table()
-        )
-        parts = [f"<div>{head}<table>{cells}</table>"]
-        for title, items in (("Problems", self.problems), ("Notes", self.notes)):
-            if items:
-                parts.append(f"<b>{title}</b><ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
-        return "".join(parts) + "</div>"
+    table = rows_table
 
 
 def _fixes(report: BudgetReport, memory: bool, new_tokens: bool = True) -> str:
@@ -411,59 +246,9 @@ def _finish(report: BudgetReport) -> BudgetReport:
     return replace(report, problems=_problems(report))
 
 
-# --------------------------------------------------------------------------- memory and model facts
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _text_config(config: Any) -> Any:
-    getter = getattr(config, "get_text_config", None)
-    return getter(decoder=True) if getter is not None else config
-
-
-def _context_from_config(config: Any) -> int | None:
-    value = getattr(_text_config(config), "max_position_embeddings", None)
-    return int(value) if value else None
-
-
-def _activation_bytes(config: Any, tokens: int, dtype: str) -> int:
-    """Prefill activations of one decoder layer, as ``mllm_nb.plan`` counts them."""
-    text = _text_config(config)
-    hidden = int(getattr(text, "hidden_size", 0) or 0)
-    intermediate = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
-    return tokens * (6 * hidden + 3 * intermediate) * _DTYPE_BYTES.get(dtype, 2)
-
-
 def _kv_per_token(config: Any, dtype: str) -> int:
-    from mllm_nb.plan import kv_bytes_per_token
-
-    return kv_bytes_per_token(config, dtype if dtype in ("float16", "bfloat16", "float32") else "float16")
-
-
-def free_memory(device: Any = None) -> tuple[int | None, str]:
-    """``(bytes, where)`` free for new tensors on ``device``: CUDA free memory, else available system RAM.
-
-    On CUDA this is ``torch.cuda.mem_get_info`` plus what PyTorch's allocator holds but does not use.
-
-    >>> free, where = free_memory("cpu")
-    >>> where
-    'system RAM'
-    """
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        free, _ = torch.cuda.mem_get_info(index)
-        cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
-        return int(free + max(cached, 0)), f"GPU cuda:{index}"
-    import psutil
-
-    return int(psutil.virtual_memory().available), "system RAM"
+    """KV-cache bytes per token in ``dtype`` (float16 for dtypes the planner does not size)."""
+    return kv_bytes_per_token(config, dtype if dtype in _KV_DTYPES else "float16")
 
 
 # --------------------------------------------------------------------------- images and sizes
@@ -499,6 +284,7 @@ def _sizes_and_images(images: Any) -> tuple[list[tuple[int, int]], list[Image.Im
 
 
 def _image_token_id(vlm: Any) -> int | None:
+    """The id the processor writes for each image token, or None when neither processor nor config says."""
     for owner, name in ((vlm.processor, "image_token_id"), (vlm.model.config, "image_token_id"),
                         (vlm.model.config, "image_token_index")):
         value = getattr(owner, name, None)
@@ -507,7 +293,7 @@ def _image_token_id(vlm: Any) -> int | None:
     return None
 
 
-def _breakdown(rules: _Rules, sizes: Sequence[tuple[int, int]], observed: int) -> tuple[tuple[int, ...], str | None]:
+def _breakdown(rules: TokenRules, sizes: Sequence[tuple[int, int]], observed: int) -> tuple[tuple[int, ...], str | None]:
     """Per-image tokens by ``rules``, kept only when they add up to what the processor produced."""
     if not sizes:
         return (), None
@@ -542,9 +328,9 @@ def inputs_report(
     token_id = _image_token_id(vlm)
     image_total = int((ids[longest] == token_id).sum()) if token_id is not None else 0
     sizes = list(image_sizes[longest]) if longest < len(image_sizes) else []
-    rules = _rules_from_processor(vlm.processor, vlm.model.config)
+    rules = rules_from_processor(vlm.processor, vlm.model.config)
     per_image, note = _breakdown(rules, sizes, image_total)
-    dtype = _dtype_name(vlm.dtype)
+    dtype = dtype_name(vlm.dtype)
     width = int(ids.shape[1])
     free, where = free_memory(vlm.device)
     report = BudgetReport(
@@ -556,9 +342,9 @@ def inputs_report(
         text_tokens=int(lengths[longest]) - image_total,
         text_exact=True,
         max_new_tokens=int(max_new_tokens),
-        context_length=_context_from_config(vlm.model.config),
+        context_length=config_context_length(vlm.model.config),
         kv_bytes_per_token=_kv_per_token(vlm.model.config, dtype),
-        activation_bytes=_activation_bytes(vlm.model.config, len(lengths) * width, dtype),
+        activation_bytes=activation_bytes(vlm.model.config, len(lengths) * width, dtype),
         free_bytes=free,
         memory=where,
         dtype=dtype,
@@ -610,26 +396,13 @@ def _estimated_text_tokens(question: str, n_images: int) -> int:
     return TEMPLATE_TOKENS + math.ceil(len(question) / CHARS_PER_TOKEN) + IMAGE_SEPARATOR_TOKENS * n_images
 
 
-def _resolve(model: Any) -> Any:
-    from mllm_nb.plan import _register_project_models, _resolve_model
-
-    _register_project_models()  # catalog Honeybee configs need their model type registered
-    return _resolve_model(model)
-
-
-def _default_dtype() -> str:
-    from mllm_nb.hardware import best_dtype
-
-    return _dtype_name(best_dtype())
-
-
 def _model_budget(model: Any, images: Any, question: str, max_new_tokens: int | None, dtype: Any) -> BudgetReport:
-    resolved = _resolve(model)
+    resolved = resolve_model(model)
     entry, config = resolved.entry, resolved.config
-    rules = _rules_from_config(config, entry.image_tokens.max if entry is not None else 0)
+    rules = rules_from_config(config, entry.image_tokens.max if entry is not None else 0)
     sizes, _ = _sizes_and_images(images)
     per_image = tuple(rules.per_image(size, len(sizes)) for size in sizes)
-    dtype_name = _dtype_name(dtype) if dtype is not None else _default_dtype()
+    dtype_used = dtype_name(dtype if dtype is not None else best_dtype())
     new = 256 if max_new_tokens is None else int(max_new_tokens)
     text = _estimated_text_tokens(question, len(sizes))
     free, where = free_memory()
@@ -647,12 +420,12 @@ def _model_budget(model: Any, images: Any, question: str, max_new_tokens: int | 
         text_tokens=text,
         text_exact=False,
         max_new_tokens=new,
-        context_length=entry.context_length if entry is not None else _context_from_config(config),
-        kv_bytes_per_token=_kv_per_token(config, dtype_name),
-        activation_bytes=_activation_bytes(config, sum(per_image) + text, dtype_name),
+        context_length=resolved.context_length,
+        kv_bytes_per_token=_kv_per_token(config, dtype_used),
+        activation_bytes=activation_bytes(config, sum(per_image) + text, dtype_used),
         free_bytes=free,
         memory=where,
-        dtype=dtype_name,
+        dtype=dtype_used,
         anyres=rules.anyres,
         notes=tuple(notes),
     )
@@ -705,7 +478,7 @@ def _default_models() -> list[str]:
     seen, chosen = set(), []
     for entry in catalog.entries():
         config = entry.config
-        if config.get("model_type") not in ("llava", *_ANYRES, "honeybee"):
+        if config.get("model_type") not in ("llava", *ANYRES_FAMILIES, "honeybee"):
             continue
         tokens = entry.image_tokens
         key = (config.get("model_type"), tokens.base, tokens.max, tokens.multi)

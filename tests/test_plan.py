@@ -15,6 +15,7 @@ from mllm_nb import catalog, plan
 from mllm_nb.cli import main
 from mllm_nb.errors import MllmNbError
 from mllm_nb.hardware import HardwareReport
+from mllm_nb.memory import architecture
 from mllm_nb.plan import (
     LOAD_BASELINE_RAM_BYTES,
     TARGETS,
@@ -413,7 +414,7 @@ def test_planning_is_cached_and_fast() -> None:
     for quantization in ("4bit", "8bit", None):
         fit(LLAVA_34B, quantization=quantization, target="a100-40")
     assert time.perf_counter() - start < 2.0
-    assert plan._census.cache_info().hits > 0
+    assert architecture._census.cache_info().hits > 0
 
 
 # --------------------------------------------------------------------------- suggestions and output

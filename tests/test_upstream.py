@@ -76,7 +76,8 @@ def test_the_planners_skip_list_is_what_transformers_skips() -> None:
     from transformers import AutoModel, AutoModelForImageTextToText, LlavaConfig
     from transformers.quantizers.base import get_keys_to_not_convert  # the reference, in this test only
 
-    from mllm_nb import catalog, plan
+    from mllm_nb import catalog
+    from mllm_nb.memory import architecture as plan  # the planner's meta-device census
 
     config = LlavaConfig(
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,

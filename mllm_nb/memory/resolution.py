@@ -1,0 +1,194 @@
+"""One model resolution for ``fit`` and ``budget``: a ``model`` argument -> its config and checkpoint facts.
+
+``model`` is a catalog id or :class:`~mllm_nb.catalog.CatalogEntry` (nothing downloaded), a local checkpoint
+folder or its ``config.json`` (sizes of the weight files on disk), a transformers config, or any other Hub id
+(only ``config.json`` and the safetensors index are downloaded).
+
+>>> resolved = resolve_model("llava-hf/llava-1.5-7b-hf")
+>>> resolved.source, resolved.context_length
+('catalog', 4096)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mllm_nb import catalog
+from mllm_nb.memory.architecture import census, config_context_length, quiet_transformers, register_project_models
+from mllm_nb.memory.arguments import DTYPE_BYTES, PlanError, parse_dtype
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+DEFAULT_SHARD_BYTES = 5 * 10**9  # the Hub's usual shard size when a checkpoint's own sizes are unknown
+_GENERIC_ERRORS = (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A resolved ``model`` argument: its config and what is known about its checkpoint files."""
+
+    model_id: str
+    source: str
+    config: PretrainedConfig
+    largest_shard: int | None  # None: unknown
+    pickled: bool = False
+    entry: catalog.CatalogEntry | None = None
+
+    @property
+    def context_length(self) -> int | None:
+        """The catalog's context length, else the decoder's ``max_position_embeddings``.
+
+        >>> resolve_model("llava-hf/llava-v1.6-mistral-7b-hf").context_length
+        32768
+        """
+        return self.entry.context_length if self.entry is not None else config_context_length(self.config)
+
+
+def stored_bytes(config: PretrainedConfig, params: int) -> int:
+    """Checkpoint size guessed from the parameter count and the config's stored dtype (float32 if unset).
+
+    >>> from transformers import LlamaConfig
+    >>> stored_bytes(LlamaConfig(dtype="bfloat16"), 1000)
+    2000
+    """
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = parse_dtype(stored) if stored is not None and str(stored) != "auto" else None
+    return params * DTYPE_BYTES.get(name or "float32", 4)
+
+
+def _shards_from_index(total: int, count: int) -> int:
+    """Largest shard of ``count`` shards totalling ``total`` bytes, filled up to a size limit in order."""
+    if count <= 1:
+        return total
+    return min(math.ceil(total / (count - 1)), max(math.ceil(total / count), DEFAULT_SHARD_BYTES))
+
+
+def _local_weight_files(folder: Path) -> tuple[list[Path], bool]:
+    """(weight files, pickled?) of a local checkpoint folder; empty when there are none."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / name for name in names if (folder / name).is_file()], False
+    safetensors = sorted(folder.glob("model*.safetensors"))
+    if safetensors:
+        return safetensors, False
+    return sorted(folder.glob("pytorch_model*.bin")), True
+
+
+def _from_folder(folder: Path) -> ResolvedModel:
+    """A local checkpoint folder: its config.json and the sizes of its weight files on disk."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").is_file():
+        raise PlanError(f"Folder '{folder}' has no config.json: pass a checkpoint folder saved with save_pretrained.")
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(folder)
+        files, pickled = _local_weight_files(folder)
+    except _GENERIC_ERRORS as exc:
+        raise PlanError(f"Could not read the checkpoint in '{folder}' ({exc}); check its config.json.") from exc
+    largest = max((f.stat().st_size for f in files), default=None)
+    return ResolvedModel(str(folder), "local config", config, largest, pickled and bool(files))
+
+
+def _offline_error(model_id: str) -> PlanError:
+    """The error for an id that is neither in the catalog nor downloadable."""
+    return PlanError(
+        f"cannot plan '{model_id}' offline: it is not in the catalog and its config.json can't be downloaded; "
+        "pick a catalog model (mllm_nb.catalog.table()) or pass a local folder"
+    )
+
+
+def _download(model_id: str, filename: str) -> str:
+    """``hf_hub_download`` of one small file, with Hub errors turned into ``PlanError``."""
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    try:
+        return huggingface_hub.hf_hub_download(model_id, filename)
+    except errors.HFValidationError as exc:
+        raise PlanError(
+            f"'{model_id}' is not a catalog model, a local folder or a valid Hub id; check the spelling "
+            "or pick one from mllm_nb.catalog.table()."
+        ) from exc
+    except errors.GatedRepoError as exc:
+        raise PlanError(
+            f"'{model_id}' is gated on the Hub: accept its licence on huggingface.co and log in "
+            "(huggingface_hub.login()), or pick a catalog model."
+        ) from exc
+    except errors.RepositoryNotFoundError as exc:
+        raise PlanError(f"'{model_id}' was not found on the Hub; check the id or pick a catalog model.") from exc
+    except errors.RemoteEntryNotFoundError as exc:
+        raise PlanError(f"'{model_id}' has no {filename} on the Hub; pass a local checkpoint folder instead.") from exc
+    except Exception as exc:  # offline mode, no network, cache miss: all mean "can't get it now"
+        raise _offline_error(model_id) from exc
+
+
+def _from_hub(model_id: str) -> ResolvedModel:
+    """Any other Hub id: download only config.json (and the shard index for shard sizes)."""
+    from transformers import AutoConfig
+
+    config_path = _download(model_id, "config.json")
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(os.path.dirname(config_path))
+    except _GENERIC_ERRORS as exc:
+        raise PlanError(f"The config.json of '{model_id}' could not be read ({exc}); pass a local folder.") from exc
+    return ResolvedModel(model_id, "hub config", config, _hub_largest_shard(model_id, config))
+
+
+def _hub_largest_shard(model_id: str, config: PretrainedConfig) -> int:
+    """Largest shard from the Hub's safetensors index; without an index the checkpoint is one file."""
+    try:
+        index = json.loads(Path(_download(model_id, "model.safetensors.index.json")).read_text())
+        total = int(index["metadata"]["total_size"])
+        return _shards_from_index(total, len(set(index["weight_map"].values())))
+    except (PlanError, *_GENERIC_ERRORS):
+        return stored_bytes(config, census(config).total_params)
+
+
+def _from_catalog(entry: catalog.CatalogEntry) -> ResolvedModel:
+    """A catalog model: its stored config and shard sizes, nothing downloaded."""
+    with quiet_transformers():
+        config = entry.build_config()
+    return ResolvedModel(entry.id, "catalog", config, max(entry.shard_bytes, default=None), entry=entry)
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether a string that names no existing folder was still meant as a path."""
+    return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+
+
+def resolve_model(model: Any) -> ResolvedModel:
+    """Turn the ``model`` argument (id, folder, config, catalog entry) into a :class:`ResolvedModel`.
+
+    >>> resolve_model("no/such/folder")
+    Traceback (most recent call last):
+    ...
+    mllm_nb.memory.arguments.PlanError: Folder 'no/such/folder' does not exist: check the path or pass a catalog id.
+    """
+    from transformers import PretrainedConfig
+
+    register_project_models()  # catalog and local Honeybee configs need their model type registered
+    if isinstance(model, catalog.CatalogEntry):
+        return _from_catalog(model)
+    if isinstance(model, PretrainedConfig):
+        name = getattr(model, "_name_or_path", "") or f"<{type(model).__name__}>"
+        return ResolvedModel(name, "config", model, None)
+    if not isinstance(model, (str, os.PathLike)):
+        raise PlanError(f"Cannot plan a {type(model).__name__}: pass a model id, a local folder or a config.")
+    path = Path(model).expanduser()
+    if path.is_dir() or path.name == "config.json" and path.is_file():
+        return _from_folder(path if path.is_dir() else path.parent)
+    entry = catalog.get(str(model))
+    if entry is not None:
+        return _from_catalog(entry)
+    if isinstance(model, os.PathLike) or _looks_like_path(str(model)):
+        raise PlanError(f"Folder '{model}' does not exist: check the path or pass a catalog id.")
+    return _from_hub(str(model))
