@@ -65,11 +65,8 @@ class FamilyDefaults:
 
 
 _GENERIC = FamilyDefaults()
-FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "llava": _GENERIC,
-    "llava_next": _GENERIC,
-    "llava_onevision": _GENERIC,
-}
+#: Families whose defaults differ from ``FamilyDefaults()`` (none yet: llava, llava_next, llava_onevision use it).
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {}
 
 
 @dataclass
