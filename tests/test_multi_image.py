@@ -256,7 +256,7 @@ def test_onevision_batch_with_different_image_counts_equals_one_by_one(onevision
     items = [([RED, BLUE], "w1 w2"), (GREEN, "w3"), (None, "w4 w5")]
     expected = [onevision.ask(images, question, max_new_tokens=3) for images, question in items]
     assert onevision.batch_ask(items, batch_size=3, max_new_tokens=3) == expected
-    inputs = onevision._encode([[RED, BLUE], [GREEN], []], ["USER: <image><image> w1", "USER: <image> w3", "USER: w4"])
+    inputs = onevision.encode([[RED, BLUE], [GREEN], []], ["USER: <image><image> w1", "USER: <image> w3", "USER: w4"])
     green = budget(ONEVISION, [GREEN.size]).image_tokens[0]
     assert (inputs["input_ids"] == IMAGE_ID).sum(dim=1).tolist() == [1460, green, 0]
     assert inputs["batch_num_images"].tolist() == [2, 1]
