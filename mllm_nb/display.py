@@ -14,18 +14,10 @@ Text with Korean, Chinese or Japanese characters is drawn with a CJK font (see
 
 from __future__ import annotations
 
-import functools
-import glob
-import importlib.util
 import math
 import numbers
-import os
-import re
-import sys
 import textwrap
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from mllm_nb.errors import MllmNbError
+from mllm_nb.fonts import figure_class, find_cjk_font, font_kwargs, has_cjk
 
 __all__ = [
     "DisplayError",
@@ -77,258 +70,6 @@ class DisplayError(MllmNbError, ValueError):
     """A display function got arguments it cannot draw (wrong lengths, shapes or values)."""
 
 
-# ----------------------------------------------------------------------------------------------
-# CJK fonts
-# ----------------------------------------------------------------------------------------------
-
-# Families tried first, in order (Korean-capable first); each must really hold a Hangul glyph.
-_CJK_FAMILIES: tuple[str, ...] = (
-    "Noto Sans CJK KR",
-    "Noto Sans KR",
-    "NanumGothic",
-    "NanumBarunGothic",
-    "Apple SD Gothic Neo",
-    "AppleGothic",
-    "Malgun Gothic",
-    "Source Han Sans KR",
-    "Source Han Sans K",
-    "Noto Sans CJK JP",
-    "Noto Sans CJK SC",
-    "Noto Sans CJK TC",
-    "Noto Sans CJK HK",
-    "Source Han Sans",
-    "Noto Serif CJK KR",
-    "Noto Serif KR",
-    "Noto Serif CJK JP",
-    "Noto Serif CJK SC",
-    "Noto Serif CJK TC",
-    "NanumMyeongjo",
-    "NanumSquare",
-    "UnDotum",
-    "Baekmuk Gulim",
-    "Baekmuk Dotum",
-    "WenQuanYi Zen Hei",
-    "WenQuanYi Micro Hei",
-    "Droid Sans Fallback",
-    "Microsoft YaHei",
-    "SimHei",
-    "MS Gothic",
-    "IPAGothic",
-    "TakaoGothic",
-)
-# Lower-case fragments of family names (or file names) that suggest a CJK font.
-_CJK_NAME_HINTS: tuple[str, ...] = (
-    "cjk", "nanum", "han sans", "han serif", "hansans", "hanserif", "notosanskr", "noto sans kr",
-    "gothic", "dotum", "gulim", "batang", "baekmuk", "wenquanyi", "wqy", "droidsansfallback",
-    "droid sans fallback", "malgun", "yahei", "msyh", "simhei", "ipag", "takao", "unfonts",
-)
-_PROBE_CHAR = "한"
-_FALLBACK_FAMILY = "DejaVu Sans"
-_GLYPH_WARNING = r"Glyph .* missing from font"
-
-_NO_CJK_FONT_MESSAGE = (
-    "No CJK font was found, so Korean/CJK text in mllm_nb figures will show as empty boxes; "
-    "to fix it, on Colab run `!apt-get -qq install fonts-nanum` and restart the runtime, "
-    "on Debian/Ubuntu run `sudo apt-get install fonts-noto-cjk`, "
-    "or run `pip install koreanize-matplotlib`, then restart the kernel."
-)
-_cjk_warning_issued = False
-
-_CJK_RE = re.compile(
-    "["
-    "\u1100-\u11ff"  # Hangul Jamo
-    "\u2e80-\u2fdf"  # CJK radicals, Kangxi radicals
-    "\u3000-\u303f"  # CJK symbols and punctuation
-    "\u3040-\u30ff"  # Hiragana, Katakana
-    "\u3100-\u31ff"  # Bopomofo, Hangul compatibility Jamo, Kanbun, Katakana extensions
-    "\u3200-\u33ff"  # enclosed CJK letters, CJK compatibility
-    "\u3400-\u4dbf"  # CJK unified ideographs extension A
-    "\u4e00-\u9fff"  # CJK unified ideographs
-    "\ua960-\ua97f"  # Hangul Jamo extended A
-    "\uac00-\ud7af"  # Hangul syllables
-    "\ud7b0-\ud7ff"  # Hangul Jamo extended B
-    "\uf900-\ufaff"  # CJK compatibility ideographs
-    "\ufe30-\ufe4f"  # CJK compatibility forms
-    "\uff00-\uffef"  # halfwidth and fullwidth forms
-    "\U00020000-\U0003134f"  # CJK unified ideographs extensions B..G
-    "]"
-)
-
-
-def has_cjk(text: object) -> bool:
-    """Return whether ``text`` holds Hangul, CJK ideographs, kana, CJK punctuation or fullwidth forms.
-
-    >>> has_cjk("고양이 photo"), has_cjk("cat")
-    (True, False)
-    """
-    return isinstance(text, str) and _CJK_RE.search(text) is not None
-
-
-@functools.cache
-def _has_probe_glyph(path: str) -> bool:
-    """Whether the font file at ``path`` has a real glyph for a Hangul syllable."""
-    from matplotlib.ft2font import FT2Font
-
-    try:
-        return FT2Font(path).get_char_index(ord(_PROBE_CHAR)) != 0
-    except Exception:  # unreadable or unsupported font file
-        return False
-
-
-def _families() -> dict[str, list[str]]:
-    """Map every family matplotlib knows to its font files."""
-    from matplotlib import font_manager
-
-    found: dict[str, list[str]] = {}
-    for entry in font_manager.fontManager.ttflist:
-        found.setdefault(entry.name, []).append(str(entry.fname))
-    return found
-
-
-def _usable(family: str, families: dict[str, list[str]]) -> bool:
-    return any(_has_probe_glyph(path) for path in families.get(family, ()))
-
-
-def _register_fonts(paths: Sequence[str]) -> list[str]:
-    """Add font files to matplotlib's font manager (once each); return the families they hold."""
-    from matplotlib import font_manager
-
-    known = {os.path.abspath(str(e.fname)) for e in font_manager.fontManager.ttflist}
-    for path in paths:
-        if os.path.abspath(path) not in known and _has_probe_glyph(path):
-            try:
-                font_manager.fontManager.addfont(path)
-            except Exception:  # a broken file must not break plotting
-                continue
-    wanted = {os.path.abspath(p) for p in paths}
-    return [
-        e.name for e in font_manager.fontManager.ttflist if os.path.abspath(str(e.fname)) in wanted
-    ]
-
-
-def _koreanize_font_files() -> list[str]:
-    """The .ttf files bundled with ``koreanize_matplotlib``, found without importing it."""
-    try:
-        spec = importlib.util.find_spec("koreanize_matplotlib")
-    except (ImportError, ValueError):
-        return []
-    if spec is None:
-        return []
-    roots = list(spec.submodule_search_locations or [])
-    if not roots and spec.origin:
-        roots = [os.path.dirname(spec.origin)]
-    files: list[str] = []
-    for root in roots:
-        files += glob.glob(os.path.join(root, "**", "*.ttf"), recursive=True)
-    return sorted(files)
-
-
-def _system_cjk_files() -> list[str]:
-    """CJK-looking font files installed on the system (in case matplotlib's cache predates them)."""
-    from matplotlib import font_manager
-
-    try:
-        paths = font_manager.findSystemFonts(fontext="ttf")
-    except Exception:
-        return []
-    squeeze = [h.replace(" ", "") for h in _CJK_NAME_HINTS]
-    return sorted(p for p in paths if any(h in os.path.basename(p).lower() for h in squeeze))
-
-
-def _pick(families: dict[str, list[str]], candidates: Sequence[str]) -> str | None:
-    """The first candidate family (matched case-insensitively) whose files have Hangul."""
-    by_lower = {name.lower(): name for name in families}
-    for candidate in candidates:
-        name = by_lower.get(candidate.lower())
-        if name is not None and _usable(name, families):
-            return name
-    return None
-
-
-@functools.cache
-def find_cjk_font() -> str | None:
-    """Return the family name of an installed font that can draw Korean (and CJK) text, or None.
-
-    Looks through matplotlib's known fonts for well-known CJK families, then registers the
-    NanumGothic files bundled with ``koreanize-matplotlib`` (without importing it), then scans the
-    system for CJK font files matplotlib has not cached yet. The chosen font is checked to really
-    contain a Hangul glyph. The result is cached for the process.
-
-    >>> family = find_cjk_font()  # e.g. "NanumGothic", or None when no CJK font is installed
-    """
-    families = _families()
-    choice = _pick(families, _CJK_FAMILIES)
-    if choice is not None:
-        return choice
-    bundled = _register_fonts(_koreanize_font_files())
-    if bundled:
-        families = _families()
-        choice = _pick(families, ["NanumGothic", *bundled])
-        if choice is not None:
-            return choice
-    hinted = [name for name in sorted(families) if any(h in name.lower() for h in _CJK_NAME_HINTS)]
-    choice = _pick(families, hinted)
-    if choice is not None:
-        return choice
-    added = _register_fonts(_system_cjk_files())
-    return _pick(_families(), [*_CJK_FAMILIES, *added]) if added else None
-
-
-def _reset_cjk_warning() -> None:
-    """Forget that the missing-CJK-font warning was shown (for tests)."""
-    global _cjk_warning_issued
-    _cjk_warning_issued = False
-
-
-def _warn_no_cjk_font() -> None:
-    global _cjk_warning_issued
-    if not _cjk_warning_issued:
-        _cjk_warning_issued = True
-        warnings.warn(_NO_CJK_FONT_MESSAGE, UserWarning, stacklevel=_caller_stacklevel())
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside this module."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__") == __name__:
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _font_kw(text: object) -> dict[str, Any]:
-    """Text keyword arguments that make ``text`` render: a CJK font family list when it needs one."""
-    if not has_cjk(text):
-        return {}
-    family = find_cjk_font()
-    if family is None:
-        _warn_no_cjk_font()
-        return {}
-    return {"fontfamily": [family, _FALLBACK_FAMILY]}
-
-
-@contextmanager
-def _quiet_glyph_warnings() -> Iterator[None]:
-    """Silence matplotlib's per-character "Glyph ... missing from font" warnings, locally."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_GLYPH_WARNING, category=UserWarning)
-        yield
-
-
-class _QuietGlyphFigure(Figure):
-    """A Figure holding CJK text that no installed font can draw.
-
-    The missing-font warning has already been given once, so matplotlib's own per-glyph
-    "Glyph ... missing from font" warnings are silenced while this figure is drawn or measured.
-    """
-
-    def draw(self, renderer: Any) -> None:
-        with _quiet_glyph_warnings():
-            super().draw(renderer)
-
-    def get_tightbbox(self, *args: Any, **kwargs: Any) -> Any:
-        with _quiet_glyph_warnings():
-            return super().get_tightbbox(*args, **kwargs)
-
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -352,8 +93,7 @@ def new_figure(width: float, height: float, texts: Sequence[object]) -> Figure:
     """
     scale = min(1.0, _MAX_FIG_WIDTH / width, _MAX_FIG_HEIGHT / height)
     figsize = (max(width * scale, 1.0), max(height * scale, 1.0))
-    quiet = any(has_cjk(t) for t in texts) and find_cjk_font() is None
-    cls = _QuietGlyphFigure if quiet else Figure
+    cls = figure_class(texts)
     return cls(figsize=figsize, layout="constrained")
 
 
@@ -437,7 +177,7 @@ def _draw_image(ax: Axes, image: Any, title: str, width_inches: float) -> None:
     if title:
         ax.set_title(
             _wrap(title, width_inches), fontsize=_CAPTION_FONTSIZE, linespacing=1.3,
-            **_font_kw(title),
+            **font_kwargs(title),
         )
 
 
@@ -465,7 +205,7 @@ def _row_heights(images: Sequence[Any], titles: Sequence[str], cols: int, size: 
 
 def _add_suptitle(fig: Figure, title: str | None) -> None:
     if title:
-        fig.suptitle(str(title), fontsize=_TITLE_FONTSIZE, **_font_kw(title))
+        fig.suptitle(str(title), fontsize=_TITLE_FONTSIZE, **font_kwargs(title))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -548,7 +288,7 @@ def _draw_bars(ax: Axes, labels: Sequence[str], values: np.ndarray, k: int, colo
     ax.barh(y, top, color=color, height=0.7)
     ax.set_yticks(y, [_shorten(name) for name in names])
     for tick_label, name in zip(ax.get_yticklabels(), names):
-        tick_label.set(**_font_kw(name))
+        tick_label.set(**font_kwargs(name))
     ax.invert_yaxis()
     ax.set_xlim(0, hi)
     if as_percent:
@@ -604,7 +344,7 @@ def plot_probs(
         ax = fig.add_subplot()
     _draw_bars(ax, labels, values, k, color)
     if title:
-        ax.set_title(str(title), **_font_kw(title))
+        ax.set_title(str(title), **font_kwargs(title))
     return _root_figure(ax)
 
 

@@ -21,7 +21,7 @@ from matplotlib.font_manager import FontProperties, findfont  # noqa: E402
 from matplotlib.ft2font import FT2Font  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mllm_nb import display  # noqa: E402
+from mllm_nb import display, fonts  # noqa: E402
 from mllm_nb.display import (  # noqa: E402
     DisplayError,
     find_cjk_font,
@@ -411,16 +411,16 @@ def test_find_cjk_font_in_a_fresh_process_leaves_global_state_alone() -> None:
 
 def test_font_without_hangul_is_never_chosen() -> None:
     dejavu = findfont(FontProperties(family="DejaVu Sans"), fallback_to_default=False)
-    nanum = next(f for f in display._koreanize_font_files() if f.endswith("NanumGothic.ttf"))
-    assert display._has_probe_glyph(dejavu) is False
-    assert display._pick({"NanumGothic": [dejavu]}, ["NanumGothic"]) is None
-    assert display._pick({"NanumGothic": [nanum]}, ["nanumgothic"]) == "NanumGothic"
+    nanum = next(f for f in fonts._koreanize_font_files() if f.endswith("NanumGothic.ttf"))
+    assert fonts._has_probe_glyph(dejavu) is False
+    assert fonts._pick({"NanumGothic": [dejavu]}, ["NanumGothic"]) is None
+    assert fonts._pick({"NanumGothic": [nanum]}, ["nanumgothic"]) == "NanumGothic"
 
 
 def test_koreanize_fonts_are_found_without_importing_it() -> None:
-    files = display._koreanize_font_files()
+    files = fonts._koreanize_font_files()
     assert any(f.endswith("NanumGothic.ttf") for f in files)
-    assert "NanumGothic" in display._register_fonts(files)
+    assert "NanumGothic" in fonts._register_fonts(files)
 
 
 def test_korean_caption_renders_with_a_cjk_font() -> None:
@@ -466,10 +466,10 @@ def test_cjk_title_bar_labels_and_mixed_text_render_cleanly() -> None:
 
 @pytest.fixture
 def no_cjk_font(monkeypatch):
-    monkeypatch.setattr(display, "find_cjk_font", lambda: None)
-    display._reset_cjk_warning()
+    monkeypatch.setattr(fonts, "find_cjk_font", lambda: None)
+    fonts._reset_cjk_warning()
     yield
-    display._reset_cjk_warning()
+    fonts._reset_cjk_warning()
 
 
 def test_without_cjk_font_one_warning_and_no_glyph_noise(no_cjk_font) -> None:
@@ -503,7 +503,7 @@ def test_reset_cjk_warning_allows_a_new_warning(no_cjk_font) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         show(RED, captions=[KOREAN])
-        display._reset_cjk_warning()
+        fonts._reset_cjk_warning()
         show(RED, captions=[KOREAN])
     assert len([w for w in caught if "fonts-nanum" in str(w.message)]) == 2
 
