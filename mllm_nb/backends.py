@@ -32,9 +32,14 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from mllm_nb.chat import Conversation, ConversationError, as_conversation, image_to_data_url
+from mllm_nb.chat import (
+    Conversation,
+    ConversationError,
+    as_conversation,
+    image_to_data_url,
+)
 from mllm_nb.errors import MllmNbError
 from mllm_nb.settings import GenerationSettings
 from mllm_nb.streaming import TokenCounter
@@ -45,7 +50,7 @@ if TYPE_CHECKING:
     from mllm_nb.vlm import VLM
 
 #: What a backend is asked: a conversation, a question string, or chat-template messages.
-Chat = Union[Conversation, str, list[dict[str, Any]]]
+Chat = Conversation | str | list[dict[str, Any]]
 
 #: Environment variable (and Colab secret) an ``OpenAIBackend`` reads its API key from.
 API_KEY_ENV = "OPENAI_API_KEY"

@@ -98,7 +98,7 @@ def stream_in_thread(work: Callable[[threading.Event], None], streamer: Any) -> 
     def run() -> None:
         try:
             work(cancel)
-        except BaseException as err:  # handed to the caller's thread below
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread below
             errors.append(err)
             streamer.end()
 
