@@ -384,7 +384,7 @@ def _vlm_budget(vlm: Any, images: Any, question: str, max_new_tokens: int | None
 
     sizes, pictures = _sizes_and_images(images)
     pil = [p if p is not None else Image.new("RGB", s) for p, s in zip(pictures, sizes)]
-    features = vlm._process([pil], [vlm._prompt(len(pil), question)])
+    features = vlm.encode([pil], [vlm.question_prompt(len(pil), question)])
     wanted = vlm.generation_kwargs(**({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}))
     return inputs_report(vlm, features, wanted["max_new_tokens"], [sizes])
 
@@ -433,7 +433,7 @@ def _model_budget(model: Any, images: Any, question: str, max_new_tokens: int | 
 
 
 def _is_vlm(model: Any) -> bool:
-    return hasattr(model, "model") and hasattr(model, "processor") and hasattr(model, "_prompt")
+    return hasattr(model, "model") and hasattr(model, "processor") and hasattr(model, "question_prompt")
 
 
 def budget(

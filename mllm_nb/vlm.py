@@ -282,7 +282,12 @@ class VLM:
             defaults["pad_token_id"] = pad
         return {**defaults, **generation}
 
-    def _prompt(self, n_images: int, question: str) -> str:
+    def question_prompt(self, n_images: int, question: str) -> str:
+        """The chat-template prompt of one user turn: ``n_images`` image entries, then ``question``.
+
+        >>> vlm.question_prompt(1, "What is this?")  # doctest: +SKIP
+        'USER: <image>\nWhat is this? ASSISTANT:'
+        """
         if not isinstance(question, str) or not question.strip():
             raise VLMError(f"The question must be a non-empty string; got {question!r}.")
         content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
@@ -295,7 +300,7 @@ class VLM:
         return pil
 
     def _inputs(self, pil: list[Any], question: str) -> Any:
-        return self.encode([pil], [self._prompt(len(pil), question)])
+        return self.encode([pil], [self.question_prompt(len(pil), question)])
 
     def _process(self, images: list[list[Any]], prompts: list[str]) -> Any:
         """The processor's output on the CPU: one image list and one prompt per row, left padded."""
@@ -356,7 +361,7 @@ class VLM:
         return None if eos is None else int(eos)
 
     def _answer_batch(self, pairs: list[tuple[list[Any], str]], generation: dict[str, Any]) -> list[str]:
-        prompts = [self._prompt(len(images), question) for images, question in pairs]
+        prompts = [self.question_prompt(len(images), question) for images, question in pairs]
         inputs = self.encode([images for images, _ in pairs], prompts)
         generation = self.check_budget(inputs, generation, [images for images, _ in pairs])
         return self._decode(self._generate(inputs, **generation))

@@ -67,7 +67,7 @@ def test_fixture_is_a_small_real_honeybee(vlm) -> None:
     assert sum(f.stat().st_size for f in FIXTURE.iterdir()) < 10 * 2**20
     for name in ("README.md", "training_metrics.json", "model.safetensors", "processor_config.json"):
         assert (FIXTURE / name).is_file(), name
-    assert vlm._prompt(1, OCR_PROMPT).endswith(f"\nHuman: <image>\nHuman: {OCR_PROMPT}\nAI: ")
+    assert vlm.question_prompt(1, OCR_PROMPT).endswith(f"\nHuman: <image>\nHuman: {OCR_PROMPT}\nAI: ")
 
 
 @needs_fixture
