@@ -16,7 +16,7 @@ LOCK     := requirements/lock.txt
 # (Colab has it). 2.14.1 + 0.29.1 are the newest pair pip takes from this machine's disk for Python 3.11;
 # the package itself only asks for torch>=2.4 (Colab keeps its own torch).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
-# The ipywidgets-7 venv: only what tests/test_widgets.py and tests/test_chat.py import (no torch: those tests
+# The ipywidgets-7 venv: only what the IPYW7_TESTS import (no torch: those tests
 # skip). ipywidgets 7.8 goes in without its widgetsnbextension dependency, which is the classic notebook's
 # JavaScript and pulls the whole notebook-6 server stack; its Python dependencies are in the lock instead.
 # mllm_nb comes from this checkout through PYTHONPATH (no install, so nothing is written into the tree).
@@ -26,7 +26,7 @@ STAMP7   := $(VENV7)/.mllm-nb-installed
 LOCK7    := requirements/lock-ipywidgets7.txt
 IPYW7_REQUIREMENTS := ipython ipykernel traitlets comm ipython_genutils "jupyterlab_widgets<3" \
 	pytest numpy pillow openai
-IPYW7_TESTS := tests/test_widgets.py tests/test_chat.py
+IPYW7_TESTS := tests/test_widgets.py tests/test_chat.py tests/test_settings.py tests/test_streaming.py
 # The newest and the oldest admitted releases (unit tests only; the notebooks run on the lock).
 VENV_NEWEST ?= .venv-newest
 VENV_OLDEST ?= .venv-oldest
@@ -41,7 +41,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-.PHONY: test test-ipywidgets7 test-newest test-oldest demo venv lock clean fixtures notebooks
+.PHONY: test test-quick test-ipywidgets7 test-newest test-oldest demo venv lock clean fixtures notebooks
 
 venv: $(STAMP)
 
@@ -60,9 +60,14 @@ $(STAMP7): $(LOCK7)
 	touch $(STAMP7)
 
 test: $(STAMP) $(STAMP7)
+	$(PY) tools/check_structure.py
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
 	$(MAKE) --no-print-directory test-ipywidgets7
+
+# A quick run while developing: the unit tests without the slow ones (fixture training, `transformers serve`).
+test-quick: $(STAMP)
+	$(PY) -m pytest tests -m "not slow" -p no:cacheprovider
 
 test-ipywidgets7: $(STAMP7)
 	PYTHONPATH="$(CURDIR)" $(PY7) -m pytest $(IPYW7_TESTS) -p no:cacheprovider

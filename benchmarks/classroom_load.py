@@ -92,7 +92,7 @@ def model_folder(given: str | None, scratch: str) -> Path:
     trained = FIXTURES_DIR / "tiny-llava"
     if (trained / "config.json").is_file():
         return trained
-    from test_loading import save_tiny_llava
+    from tiny_llava import save_tiny_llava
 
     return save_tiny_llava(Path(scratch) / "tiny-llava", seed=5)
 

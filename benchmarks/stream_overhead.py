@@ -52,7 +52,7 @@ QUESTION = "w1 w2 w3 w4 w5 w6 w7 w8"
 
 def build(folder: Path, width: int, layers: int) -> Path:
     """The tiny LLaVA's processor with a wider, deeper random text model (same vocabulary)."""
-    from test_loading import WORDS, save_tiny_llava
+    from tiny_llava import WORDS, save_tiny_llava
     from transformers import (
         GenerationConfig,
         LlamaConfig,

@@ -49,7 +49,7 @@ def _no_proxy_no_key(monkeypatch):
 def vlm(tmp_path_factory):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_loading import save_tiny_llava
+    from tiny_llava import save_tiny_llava
 
     from mllm_nb.loading import load_vlm
 
@@ -101,7 +101,7 @@ def scripted(ids, before_step=None) -> dict:
 
 
 def test_each_tokens_text_is_handed_over_before_the_next_token_is_generated(vlm, local):
-    from test_loading import WORDS
+    from tiny_llava import WORDS
 
     from mllm_nb.streaming import TokenStreamer
 
@@ -266,7 +266,7 @@ def byte_fallback_tokenizer():
 def byte_llava():
     """The tiny LLaVA's architecture and processor settings with the byte-fallback tokenizer (not saved)."""
     torch = pytest.importorskip("torch")
-    from test_loading import (
+    from tiny_llava import (
         IMAGE_SIZE,
         PATCH_SIZE,
         TINY_CHAT_TEMPLATE,

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_honeybee_parity import VECTORS, byte_tokenizer
+from tiny_honeybee import VECTORS, byte_tokenizer
 
 import mllm_nb.honeybee as hb
 from mllm_nb.errors import MllmNbError

@@ -15,43 +15,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_honeybee_parity import byte_tokenizer
+from tiny_honeybee import (
+    QUERIES,
+    VOCAB,
+    byte_tokenizer,
+    save_tiny_honeybee,
+    tiny_config,
+    tiny_processor,
+)
 
 import mllm_nb.honeybee as hb
-
-IMAGE_SIZE, QUERIES, VOCAB = 56, 4, 512
-
-
-def tiny_config(kind: str = "c-abs") -> hb.HoneybeeConfig:
-    abstractor = (
-        {"projector_type": "c-abs", "num_queries": QUERIES, "hidden_size": 64, "depth": 1}
-        if kind == "c-abs"
-        else {"projector_type": "d-abs", "num_queries": QUERIES, "d_model": 64, "decoder_layers": 1,
-              "decoder_attention_heads": 4, "decoder_ffn_dim": 128}
-    )  # fmt: skip
-    return hb.HoneybeeConfig(
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
-                       "image_size": IMAGE_SIZE, "patch_size": 14},
-        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "num_key_value_heads": 2, "vocab_size": VOCAB, "bos_token_id": 1, "eos_token_id": 2,
-                     "pad_token_id": 0},
-        abstractor_config=abstractor,
-        image_token_id=VOCAB,
-    )  # fmt: skip
-
-
-def tiny_processor() -> hb.HoneybeeProcessor:
-    tokenizer = byte_tokenizer()
-    tokenizer.add_tokens(["<image>"], special_tokens=True)
-    image_processor = hb.HoneybeeImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    return hb.HoneybeeProcessor(image_processor, tokenizer, num_visual_tokens=QUERIES)
-
-
-def save_tiny_honeybee(folder: Path, kind: str = "c-abs", seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    hb.HoneybeeForConditionalGeneration(tiny_config(kind)).save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +72,12 @@ def test_config_refuses_what_cannot_be_built(settings: dict, message: str) -> No
 
 
 def test_auto_classes_load_a_saved_honeybee(tiny_dirs: dict[str, Path]) -> None:
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
 
     folder = tiny_dirs["d-abs"]
     assert type(AutoConfig.from_pretrained(folder)) is hb.HoneybeeConfig

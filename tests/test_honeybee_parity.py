@@ -19,29 +19,16 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tiny_honeybee import VECTORS, VOCAB, byte_tokenizer
 
 import mllm_nb.honeybee as hb
 
-VECTORS = Path(__file__).parent / "data" / "honeybee"
 KINDS = ("c-abs", "d-abs")
 CASES = [(kind, images) for kind in KINDS for images in ("one", "two")]
 LOGITS_TOL = 1e-4
 FEATURES_TOL = 1e-4
-VOCAB = 512
 
 
-def byte_tokenizer() -> object:
-    """The reference's byte-level stand-in as a real tokenizer: byte b -> id 3 + b, ``<s>`` = 1, 512 ids."""
-    from tokenizers import Tokenizer, decoders
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
-    vocab.update({f"<unused{i}>": i for i in range(259, VOCAB)})
-    backend = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
-    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def sharded_release(kind: str, folder: Path) -> Path:

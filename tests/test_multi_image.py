@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_budget import IMAGE_ID, LLAVA, ONEVISION, tiny_vlm
-from test_loading import IMAGE_TOKEN_ID, TOKENS_PER_IMAGE, save_tiny_llava
+from catalog_models import IMAGE_ID, LLAVA, ONEVISION, tiny_vlm
+from tiny_llava import IMAGE_TOKEN_ID, TOKENS_PER_IMAGE, save_tiny_llava
 
 from mllm_nb import catalog
 from mllm_nb.backends import LocalBackend

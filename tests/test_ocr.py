@@ -149,7 +149,7 @@ def test_ocr_bad_inputs(vlm, image, message: str) -> None:
 
 
 def test_ocr_with_a_real_tiny_honeybee_matches_ask(tmp_path) -> None:
-    from test_honeybee_model import save_tiny_honeybee
+    from tiny_honeybee import save_tiny_honeybee
 
     import mllm_nb
 

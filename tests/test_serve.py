@@ -21,6 +21,7 @@ from serve_util import ServeProcess, serving_available
 pytestmark = [
     pytest.mark.skipif(not serving_available(), reason="needs transformers[serving] (fastapi, uvicorn, openai)"),
     pytest.mark.timeout(120),
+    pytest.mark.slow,  # starts `transformers serve`
 ]
 
 torch = pytest.importorskip("torch")
@@ -56,7 +57,7 @@ def model_dir(tmp_path_factory) -> Path:
     trained = FIXTURES_DIR / "tiny-llava"
     if (trained / "config.json").is_file():
         return trained
-    from test_loading import save_tiny_llava
+    from tiny_llava import save_tiny_llava
 
     return save_tiny_llava(tmp_path_factory.mktemp("served-tiny-llava"), seed=5)
 

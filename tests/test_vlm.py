@@ -1,6 +1,6 @@
 """VLM (mllm_nb.vlm): ask / stream / batch_ask / caption_folder against hand-written transformers code.
 
-Uses the tiny random LLaVA built by ``tests/test_loading.py`` (and its planner fixture); the
+Uses the tiny random LLaVA of ``tests/tiny_llava.py`` (and the planner fixture of conftest.py); the
 trained demo fixture is exercised too when it exists.
 """
 
@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny_llava import IMAGE_TOKEN_ID, TOKENS_PER_IMAGE, needs_fixture, save_tiny_llava
+
 from mllm_nb.errors import ImageLoadError
 from mllm_nb.images import load_image
 from mllm_nb.loading import load_vlm
 from mllm_nb.settings import SettingsError
 from mllm_nb.vlm import VLM, VLMError
-from test_loading import IMAGE_TOKEN_ID, TOKENS_PER_IMAGE, needs_fixture, planner, save_tiny_llava  # noqa: F401
 
 RED = Image.new("RGB", (40, 40), (220, 30, 30))
 BLUE = Image.new("RGB", (50, 30), (20, 40, 230))
@@ -28,24 +29,8 @@ NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (36, 36, 3), d
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory) -> VLM:
-    import sys
-    import types
-
-    from test_loading import HAS_REAL_PLANNER, FakeReport
-
     folder = save_tiny_llava(tmp_path_factory.mktemp("tiny-llava-vlm"), seed=1)
-    if HAS_REAL_PLANNER:
-        return load_vlm(folder)
-    fake = types.ModuleType("mllm_nb.plan")
-    fake.fit = lambda model, quantization=None, **kw: FakeReport(fits=True, weights_bytes=700_000)
-    saved = sys.modules.get("mllm_nb.plan")
-    sys.modules["mllm_nb.plan"] = fake
-    try:
-        return load_vlm(folder)
-    finally:
-        sys.modules.pop("mllm_nb.plan")
-        if saved is not None:
-            sys.modules["mllm_nb.plan"] = saved
+    return load_vlm(folder)
 
 
 def hand_written(model, processor, images, prompt, **generate_kwargs) -> str:

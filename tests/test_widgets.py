@@ -347,7 +347,7 @@ def test_display_tooltips_and_repr(monkeypatch):
 def test_panel_on_the_tiny_local_llava(tmp_path):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from test_loading import save_tiny_llava
+    from tiny_llava import save_tiny_llava
 
     from mllm_nb.loading import load_vlm
 

@@ -3,9 +3,10 @@
 - no import cycle between modules of ``mllm_nb`` (imports inside functions count too);
 - no module imports another module's underscore name (``from mllm_nb.x import _y``);
 - no module over ``MAX_LINES`` lines;
-- no fixture-training code in the package (``train_*.py``).
+- no fixture-training code in the package (``train_*.py``);
+- no test module imports another (shared helpers live in ``tests/*.py`` files not named ``test_*``).
 
-    python tools/check_structure.py [package folder, default mllm_nb]
+    python tools/check_structure.py [package folder, default mllm_nb] [tests folder, default tests]
 """
 
 from __future__ import annotations
@@ -106,9 +107,22 @@ def check(root: Path) -> list[str]:
     return problems
 
 
+def check_tests(folder: Path) -> list[str]:
+    """Test modules that import another test module (or conftest)."""
+    problems = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            problems += [f"{path}: imports the test module {name}" for name in names
+                         if name.startswith(("test_", "conftest"))]
+    return sorted(set(problems))
+
+
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "mllm_nb")
-    problems = check(root)
+    tests = Path(sys.argv[2] if len(sys.argv) > 2 else "tests")
+    problems = check(root) + (check_tests(tests) if tests.is_dir() else [])
     for problem in problems:
         print(problem)
     print(f"{root}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
