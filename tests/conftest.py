@@ -12,12 +12,13 @@ import types
 from pathlib import Path
 
 import pytest
-from tiny_llava import save_tiny_llava
 
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LLaVA with its processor, saved once per test session."""
+    from tiny_llava import save_tiny_llava  # imports torch: only where a test asks for the folder
+
     return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava-random"))
 
 
