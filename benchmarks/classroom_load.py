@@ -3,7 +3,7 @@
 One ``transformers serve`` (offline, CPU) serves a LLaVA folder: the trained demo fixture
 ``mllm_nb/demo/fixtures/tiny-llava`` when it is built, else the tiny random LLaVA of
 ``tests/test_loading.save_tiny_llava`` (or ``--model DIR``). Each simulated student is a thread with
-its own ``OpenAIBackend`` and ``Conversation``: three turns, each with a new image (so the third
+its own ``OpenAIBackend`` and ``ChatSession``: three turns, each with a new image (so the third
 request carries three images), greedy, exactly ``--tokens`` new tokens per answer. First one student
 alone (after one uncounted warm-up student), then ``--students`` at once (a bounded pool, one thread
 per student). The server generates one answer at a time (``--continuous-batching`` only batches
@@ -100,15 +100,14 @@ def model_folder(given: str | None, scratch: str) -> Path:
 def student(number: int, server: ServeProcess, tokens: int, timeout: float, run: Run, stop: threading.Event) -> None:
     """Three turns of one conversation; each request's outcome is recorded, whatever happens.
 
-    A refused turn is dropped from the conversation (``Conversation.ask`` does that) and the student asks
+    A refused turn is dropped from the conversation (``ChatSession.ask`` does that) and the student asks
     the next question, as a person would.
     """
-    from mllm_nb.backends import OpenAIBackend
-    from mllm_nb.chat import Conversation
+    from mllm_nb.backends import ChatSession, OpenAIBackend
     from mllm_nb.errors import MllmNbError
 
     backend = OpenAIBackend(server.url, model=server.model, timeout=timeout, max_retries=0)
-    chat = Conversation()
+    chat = ChatSession(backend)
     force = json.dumps({"min_new_tokens": tokens})
     comparable = True
     for turn in range(TURNS):
@@ -116,7 +115,7 @@ def student(number: int, server: ServeProcess, tokens: int, timeout: float, run:
             return
         started = time.monotonic()
         try:
-            answer = chat.ask(backend, QUESTIONS[turn], images=picture(turn), max_new_tokens=tokens,
+            answer = chat.ask(QUESTIONS[turn], images=picture(turn), max_new_tokens=tokens,
                               generation_config=force)
             status, detail = ("answered", "") if answer else ("lost", "empty answer")
         except MllmNbError as err:

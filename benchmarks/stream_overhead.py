@@ -20,7 +20,7 @@ panel's ``view.value`` first shows that token's text (an ipywidgets observer, wh
 that sets the value). The time from token 1 to token 2 (one decoding step) is printed too.
 
 ``--streamer token`` (the default) measures the package as it is: ``LocalBackend`` streams with
-``mllm_nb.backends.TokenStreamer``, which hands over each token's text as soon as it decodes
+``mllm_nb.streaming.TokenStreamer``, which hands over each token's text as soon as it decodes
 (``tokenizers.decoders.DecodeStream``). ``--streamer word`` swaps in transformers'
 ``TextIteratorStreamer`` (the package before issue 4), which only emits whole words and so releases
 token 1's text when token 2 arrives: t1 - t0 then includes one decoding step.
@@ -101,7 +101,7 @@ class FirstToken:
             self._install_word()
 
     def _install_token(self) -> None:
-        from mllm_nb.backends import TokenStreamer
+        from mllm_nb.streaming import TokenStreamer
 
         put, emit, probe = TokenStreamer.put, TokenStreamer._emit, self
 
@@ -147,15 +147,15 @@ class FirstToken:
 
 
 def use_word_streamer() -> None:
-    """Make ``LocalBackend`` stream with ``TextIteratorStreamer`` (whole words), for ``--streamer word``."""
+    """Make ``VLM.stream`` (and so the panel) use ``TextIteratorStreamer`` (whole words), for ``--streamer word``."""
     import transformers
 
-    import mllm_nb.backends
+    import mllm_nb.vlm
 
     def word_streamer(tokenizer: Any) -> Any:
         return transformers.TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
-    mllm_nb.backends._streamer_for = word_streamer  # LocalBackend.stream looks it up at call time
+    mllm_nb.vlm.streamer_for = word_streamer  # VLM.stream_inputs looks it up in its module at call time
 
 
 def panel_run(vlm: Any, image: Image.Image, probe: FirstToken) -> tuple[float, str, dict[str, float]]:
