@@ -3,8 +3,8 @@
 #               (requirements/lock.txt); then the chat and chat-panel tests under ipywidgets 7.8 (Colab's
 #               version) in a second small venv without torch (`make test-ipywidgets7` alone)
 #   make demo   execute every notebook headless in demo mode -> build/demo/ (ipynb + html) + a summary
-# CI (.ci/run) also runs the unit tests on the newest releases the package admits (Python 3.12, as Colab:
-# `make test-newest`) and on the oldest it declares (requirements/oldest.txt: `make test-oldest`).
+# CI (.ci/run) also runs the unit tests and notebooks on the newest releases the package admits (Python 3.12, as
+# Colab: `make test-newest`) and the unit tests on the oldest it declares (requirements/oldest.txt: `make test-oldest`).
 # `make lock` re-resolves pyproject.toml's ranges to today's newest releases and rewrites the locks.
 PYTHON   ?= python3
 PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
@@ -32,6 +32,8 @@ VENV_NEWEST ?= .venv-newest
 VENV_OLDEST ?= .venv-oldest
 OLDEST      := requirements/oldest.txt
 UNIT_TESTS  := -m pytest tests -p no:cacheprovider --timeout=900
+NOTEBOOK_TESTS := notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+	--nbval-sanitize-with notebooks/nbval_sanitize.cfg
 # pip's machine-wide cap on torch (where there is one) would hide the newest torch from the newest run.
 NO_CAP      := PIP_CONSTRAINT=/dev/null
 
@@ -61,8 +63,7 @@ $(STAMP7): $(LOCK7)
 
 test: $(STAMP) $(STAMP7)
 	$(PY) tools/check_structure.py
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
-		--nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
+	$(PY) $(UNIT_TESTS) $(NOTEBOOK_TESTS)
 	$(MAKE) --no-print-directory test-ipywidgets7
 
 # A quick run while developing: the unit tests without the slow ones (fixture training, `transformers serve`).
@@ -72,14 +73,15 @@ test-quick: $(STAMP)
 test-ipywidgets7: $(STAMP7)
 	PYTHONPATH="$(CURDIR)" $(PY7) -m pytest $(IPYW7_TESTS) -p no:cacheprovider
 
-# Newest admitted releases of everything, on Python 3.12 (Colab's): a fresh venv each time, nothing pinned.
+# Newest admitted releases of everything, on Python 3.12 (Colab's): a fresh venv each time, nothing pinned;
+# the unit tests and the notebooks.
 test-newest:
 	test -n "$(PYTHON312)" || { echo "test-newest needs Python 3.12 (pyenv install 3.12)"; exit 1; }
 	rm -rf $(VENV_NEWEST) && $(PYTHON312) -m venv $(VENV_NEWEST)
 	$(NO_CAP) $(VENV_NEWEST)/bin/python -m pip install --quiet --upgrade pip
 	$(NO_CAP) $(VENV_NEWEST)/bin/python -m pip install --quiet torchvision -e ".[test]"
 	$(VENV_NEWEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|torchvision|transformers|bitsandbytes|accelerate|ipywidgets|ipykernel|tokenizers|huggingface.hub) "
-	$(VENV_NEWEST)/bin/python $(UNIT_TESTS)
+	$(VENV_NEWEST)/bin/python $(UNIT_TESTS) $(NOTEBOOK_TESTS)
 
 # Oldest declared releases (requirements/oldest.txt pins each declared floor), on Python 3.11.
 test-oldest:
