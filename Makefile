@@ -82,6 +82,7 @@ test-newest:
 	$(NO_CAP) $(VENV_NEWEST)/bin/python -m pip install --quiet torchvision -e ".[test]"
 	$(VENV_NEWEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|torchvision|transformers|bitsandbytes|accelerate|ipywidgets|ipykernel|tokenizers|huggingface.hub) "
 	$(VENV_NEWEST)/bin/python $(UNIT_TESTS) $(NOTEBOOK_TESTS)
+	rm -rf $(VENV_NEWEST)  # about 6 GB: CI's disk holds one such venv at a time besides .venv
 
 # Oldest declared releases (requirements/oldest.txt pins each declared floor), on Python 3.11.
 test-oldest:
@@ -90,6 +91,7 @@ test-oldest:
 	$(NO_CAP) $(VENV_OLDEST)/bin/python -m pip install --quiet -r $(OLDEST) -e ".[test]"
 	$(VENV_OLDEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|torchvision|transformers|bitsandbytes|accelerate|ipywidgets|ipykernel|tokenizers|huggingface.hub) "
 	$(VENV_OLDEST)/bin/python $(UNIT_TESTS)
+	rm -rf $(VENV_OLDEST)
 
 # Re-resolve the declared ranges to today's releases and rewrite both locks (then run `make test`).
 lock:
