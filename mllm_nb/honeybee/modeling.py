@@ -311,8 +311,7 @@ class HoneybeeForConditionalGeneration(HoneybeePreTrainedModel, GenerationMixin)
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            **{CACHE_ARGUMENT: pop_cache(kwargs)},
-            **kwargs,
+            **kwargs,  # the cache, under either name: HoneybeeModel.forward takes it out
         )
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
