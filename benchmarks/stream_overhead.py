@@ -21,7 +21,7 @@ that sets the value). The time from token 1 to token 2 (one decoding step) is pr
 
 ``--streamer token`` (the default) measures the package as it is: ``LocalBackend`` streams with
 ``mllm_nb.streaming.TokenStreamer``, which hands over each token's text as soon as it decodes
-(``tokenizers.decoders.DecodeStream``). ``--streamer word`` swaps in transformers'
+(decoding the new tokens after each one). ``--streamer word`` swaps in transformers'
 ``TextIteratorStreamer`` (the package before issue 4), which only emits whole words and so releases
 token 1's text when token 2 arrives: t1 - t0 then includes one decoding step.
 

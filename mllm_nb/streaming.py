@@ -151,18 +151,17 @@ def __getattr__(name: str) -> Any:
 
 @functools.cache
 def _token_streamer_class() -> type:
-    from tokenizers.decoders import DecodeStream
     from transformers.generation.streamers import BaseStreamer
 
     class TokenStreamer(BaseStreamer):
-        """A ``generate`` streamer that yields each new token's text as soon as it decodes.
+        """A ``generate`` streamer that yields each new token's text as soon as it decodes to whole characters.
 
-        It skips the prompt and special tokens and decodes incrementally with
-        ``tokenizers.decoders.DecodeStream``, so a character split over several byte tokens (Korean,
-        emoji) comes out whole, in the piece of its last byte. The pieces join to
-        ``tokenizer.decode(new_tokens, skip_special_tokens=True)``; whatever was still undecodable when
-        generation ended (a character cut off by ``max_new_tokens``) comes out then, as ``decode`` writes it.
-        Iterate it in another thread than ``generate`` (batch size 1).
+        It skips the prompt and special tokens. After each token it decodes all new tokens and yields what
+        was added to the text, holding it back while the text ends in an unfinished character (U+FFFD: a
+        Korean syllable or an emoji split over byte tokens) or in a run of byte-fallback tokens (``<0xEB>``:
+        such a run decodes as a whole, so it comes out with the token after it). The pieces join to ``tokenizer.decode(new_tokens, skip_special_tokens=True)`` exactly,
+        also when byte tokens never complete a character (then the U+FFFD comes out as ``decode`` writes
+        it, at the latest when generation ends). Iterate it in another thread than ``generate`` (batch size 1).
 
         >>> streamer = TokenStreamer(processor.tokenizer)  # doctest: +SKIP
         >>> threading.Thread(target=model.generate, kwargs={**inputs, "streamer": streamer}).start()  # doctest: +SKIP
@@ -173,10 +172,9 @@ def _token_streamer_class() -> type:
         def __init__(self, tokenizer: Any) -> None:
             self.tokenizer = tokenizer
             self._backend = tokenizer.backend_tokenizer
-            self._decoder = DecodeStream(skip_special_tokens=True)
             self._pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
             self._tokens: list[int] = []  # the new tokens so far
-            self._emitted: list[str] = []
+            self._done = ""  # the text yielded so far
             self._prompt = True
 
         def put(self, value: Any) -> None:
@@ -186,23 +184,30 @@ def _token_streamer_class() -> type:
             if self._prompt:
                 self._prompt = False
                 return
-            for token in value.reshape(-1).tolist():
-                self._tokens.append(token)
-                text = self._decoder.step(self._backend, token)
-                if text:
-                    self._emit(text)
+            self._tokens.extend(value.reshape(-1).tolist())
+            if self._in_byte_run():
+                return
+            text = self._backend.decode(self._tokens, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):
+                self._emit_up_to(text)
+
+        def _in_byte_run(self) -> bool:
+            """Whether the last token is a byte-fallback token (``<0xEB>``): its run decodes only once it ends,
+            since one bad byte turns the whole run into U+FFFD."""
+            token = self._backend.id_to_token(self._tokens[-1]) or ""
+            return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
 
         def end(self) -> None:
             """Called by ``generate`` when it is done: flush what is left, then end the iteration."""
             if self._tokens:
-                full, done = self._backend.decode(self._tokens, skip_special_tokens=True), "".join(self._emitted)
-                if len(full) > len(done) and full.startswith(done):
-                    self._emit(full[len(done) :])
+                self._emit_up_to(self._backend.decode(self._tokens, skip_special_tokens=True), last=True)
             self._pieces.put(None)
 
-        def _emit(self, text: str) -> None:
-            self._emitted.append(text)
-            self._pieces.put(text)
+        def _emit_up_to(self, text: str, last: bool = False) -> None:
+            """Yield what ``text`` adds to the text so far; a decoding that rewrote earlier text waits for the end."""
+            if len(text) > len(self._done) and (last or text.startswith(self._done)):
+                self._pieces.put(text[len(self._done) :])
+                self._done = text
 
         def __iter__(self) -> TokenStreamer:
             return self
