@@ -305,7 +305,8 @@ class LocalBackend(Backend):
         conversation = as_conversation(chat, images)
         inputs = self.prepare(conversation)
         self.vlm.warn_multi_image(len(conversation.images))
-        generation = self.vlm.check_budget(inputs, {**settings.to_kwargs(), **extra}, [conversation.images])
+        bare = [self.vlm.chat_prompt(conversation.to_messages(), images=False)]
+        generation = self.vlm.check_budget(inputs, {**settings.to_kwargs(), **extra}, [conversation.images], bare)
         self._counter = TokenCounter()
         stops = [*(generation.pop("stopping_criteria", None) or []), self._counter]
         yield from self.vlm.stream_inputs(inputs, stop_event=stop_event, stopping_criteria=stops, **generation)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 CATALOG_FILE = "catalog.json"
+FIGURES_FILE = "catalog_figures.json"  # derived by tools/catalog_figures.py: what fit needs without transformers
 _COLUMNS = ("id", "family", "params", "image tokens", "context", "licence")
 
 
@@ -94,6 +95,9 @@ class CatalogEntry:
     stored_dtype: str
     config: Mapping[str, Any] = field(hash=False, repr=False)
     estimated: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    processor: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)
+    prequantized: tuple[str, ...] = ()
+    figures: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)
 
     @property
     def params_b(self) -> float:
@@ -161,7 +165,7 @@ def _thaw(value: Any) -> Any:
     return copy.copy(value)
 
 
-def _entry(raw: dict[str, Any]) -> CatalogEntry:
+def _entry(raw: dict[str, Any], figures: Mapping[str, Any]) -> CatalogEntry:
     """Build one ``CatalogEntry`` from its JSON object."""
     return CatalogEntry(
         id=raw["id"],
@@ -178,14 +182,20 @@ def _entry(raw: dict[str, Any]) -> CatalogEntry:
         stored_dtype=raw["stored_dtype"],
         config=_freeze(raw["config"]),
         estimated=_freeze(raw.get("estimated", {})),
+        processor=_freeze(raw.get("processor", {})),
+        prequantized=tuple(raw.get("prequantized", ())),
+        figures=_freeze(figures.get(raw["id"], {})),
     )
 
 
 @cache
 def _load() -> tuple[CatalogEntry, ...]:
     """Read ``catalog.json`` from the installed package, once."""
-    text = resources.files("mllm_nb").joinpath(CATALOG_FILE).read_text(encoding="utf-8")
-    return tuple(_entry(raw) for raw in json.loads(text)["entries"])
+    package = resources.files("mllm_nb")
+    text = package.joinpath(CATALOG_FILE).read_text(encoding="utf-8")
+    derived = package.joinpath(FIGURES_FILE)
+    figures = json.loads(derived.read_text(encoding="utf-8"))["figures"] if derived.is_file() else {}
+    return tuple(_entry(raw, figures) for raw in json.loads(text)["entries"])
 
 
 @cache

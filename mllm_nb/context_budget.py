@@ -293,19 +293,35 @@ def _image_token_id(vlm: Any) -> int | None:
     return None
 
 
-def _breakdown(rules: TokenRules, sizes: Sequence[tuple[int, int]], observed: int) -> tuple[tuple[int, ...], str | None]:
-    """Per-image tokens by ``rules``, kept only when they add up to what the processor produced."""
+def _bare_tokens(vlm: Any, prompt: str) -> int:
+    """Tokens of a row's prompt without its images, as the processor writes them."""
+    from mllm_nb.memory.twins import prompt_length
+
+    return prompt_length(vlm.processor, [], prompt)
+
+
+def _per_image(vlm: Any, sizes: Sequence[tuple[int, int]], observed: int) -> tuple[tuple[int, ...], str | None]:
+    """Tokens of each image, counted by running the loaded processor; kept only when they add up to ``observed``."""
+    from mllm_nb.memory.twins import image_token_counts
+
     if not sizes:
         return (), None
     try:
-        counts = tuple(rules.per_image(size, len(sizes)) for size in sizes)
-    except (AttributeError, TypeError, ValueError, KeyError, ZeroDivisionError) as err:
-        # e.g. a transformers version whose processor lacks the counting methods: the total still holds
+        counts = image_token_counts(vlm.processor, sizes, lambda n: vlm.question_prompt(n, DEFAULT_QUESTION))
+    except (AttributeError, TypeError, ValueError, KeyError) as err:
         return (), f"no per-image breakdown ({type(err).__name__}); the total is the processor's"
     if sum(counts) != observed:
-        note = f"the per-image rules give {sum(counts):,} tokens, the processor {observed:,}"
+        note = f"images counted one question at a time give {sum(counts):,} tokens, this prompt {observed:,}"
         return (), note + "; the total is the processor's"
     return counts, None
+
+
+def _image_total(vlm: Any, row_ids: Any, row_length: int, bare_prompt: str | None) -> int:
+    """What the images of one row cost: its length minus its prompt without images (or its image-token ids)."""
+    if bare_prompt is not None:
+        return max(0, row_length - _bare_tokens(vlm, bare_prompt))
+    token_id = _image_token_id(vlm)
+    return int((row_ids == token_id).sum()) if token_id is not None else 0
 
 
 def inputs_report(
@@ -313,11 +329,15 @@ def inputs_report(
     inputs: Any,
     max_new_tokens: int,
     image_sizes: Sequence[Sequence[tuple[int, int]]] = (),
+    bare_prompts: Sequence[str] = (),
+    breakdown: bool = True,
 ) -> BudgetReport:
-    """The budget of prepared ``inputs`` (one row per prompt): counted in ``input_ids``, no forward pass.
+    """The budget of prepared ``inputs`` (one row per prompt): counted by the loaded processor, no forward pass.
 
-    ``image_sizes`` holds the ``(width, height)`` of each row's images, for the per-image breakdown
-    of the longest row.
+    ``image_sizes`` holds the ``(width, height)`` of each row's images and ``bare_prompts`` each row's
+    prompt without its images: the images cost the row's tokens minus those (begin/end markers and
+    separators included); without ``bare_prompts`` only the image-token ids are counted.
+    ``breakdown`` runs the processor once per image size for the tokens of each image of the longest row.
 
     >>> report = inputs_report(vlm, vlm.prepare("cat.jpg", "What is it?"), 64)  # doctest: +SKIP
     """
@@ -325,17 +345,16 @@ def inputs_report(
     mask = inputs.get("attention_mask")
     lengths = (mask.sum(dim=1) if mask is not None else ids.new_full((ids.shape[0],), ids.shape[1])).tolist()
     longest = max(range(len(lengths)), key=lengths.__getitem__)
-    token_id = _image_token_id(vlm)
-    image_total = int((ids[longest] == token_id).sum()) if token_id is not None else 0
+    bare = bare_prompts[longest] if len(bare_prompts) == len(lengths) else None
+    image_total = _image_total(vlm, ids[longest], int(lengths[longest]), bare)
     sizes = list(image_sizes[longest]) if longest < len(image_sizes) else []
-    rules = rules_from_processor(vlm.processor, vlm.model.config)
-    per_image, note = _breakdown(rules, sizes, image_total)
+    per_image, note = _per_image(vlm, sizes, image_total) if breakdown else ((), None)
     dtype = dtype_name(vlm.dtype)
     width = int(ids.shape[1])
     free, where = free_memory(vlm.device)
     report = BudgetReport(
         model=vlm.name or str(getattr(vlm.model, "name_or_path", "") or type(vlm.model).__name__),
-        source=f"{type(vlm.processor).__name__} (the loaded processor; image tokens counted in input_ids)",
+        source=f"{type(vlm.processor).__name__} (the loaded processor; its input_ids counted)",
         image_sizes=tuple(tuple(s) for s in sizes),
         image_tokens=per_image,
         image_tokens_total=image_total,
@@ -350,7 +369,7 @@ def inputs_report(
         dtype=dtype,
         rows=len(lengths),
         prompt_width=width,
-        anyres=rules.anyres,
+        anyres=rules_from_config(vlm.model.config).anyres,
         notes=(note,) if note else (),
     )
     return _finish(report)
@@ -361,20 +380,25 @@ def check_inputs(
     inputs: Any,
     generation: dict[str, Any],
     image_sizes: Sequence[Sequence[tuple[int, int]]] = (),
+    bare_prompts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Refuse with :class:`BudgetError` before any forward pass when ``inputs`` cannot fit; return ``generation``.
 
     A default ``max_new_tokens`` (one the caller did not pass) is lowered to what the context leaves
-    after the prompt; one the caller passed is kept, and refused when it does not fit.
+    after the prompt; one the caller passed is kept, and refused when it does not fit. A refusal shows
+    the tokens of each image.
 
     >>> generation = check_inputs(vlm, vlm.prepare("cat.jpg", "What is it?"), {})  # doctest: +SKIP
     """
     wanted = vlm.generation_kwargs(**generation)["max_new_tokens"]
-    report = inputs_report(vlm, inputs, wanted, image_sizes)
+    report = inputs_report(vlm, inputs, wanted, image_sizes, bare_prompts, breakdown=False)
     context = report.context_length
     if "max_new_tokens" not in generation and context and report.prompt_tokens < context < report.total_tokens:
         generation = {**generation, "max_new_tokens": context - report.prompt_tokens}
         report = _finish(replace(report, max_new_tokens=context - report.prompt_tokens))
+    if not report.fits:
+        detailed = inputs_report(vlm, inputs, report.max_new_tokens, image_sizes, bare_prompts)
+        detailed.raise_if_over()
     report.raise_if_over()
     return generation
 
@@ -386,7 +410,8 @@ def _vlm_budget(vlm: Any, images: Any, question: str, max_new_tokens: int | None
     pil = [p if p is not None else Image.new("RGB", s) for p, s in zip(pictures, sizes)]
     features = vlm.encode([pil], [vlm.question_prompt(len(pil), question)])
     wanted = vlm.generation_kwargs(**({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}))
-    return inputs_report(vlm, features, wanted["max_new_tokens"], [sizes])
+    bare = [vlm.question_prompt(0, question)]
+    return inputs_report(vlm, features, wanted["max_new_tokens"], [sizes], bare)
 
 
 # --------------------------------------------------------------------------- a model id

@@ -272,6 +272,18 @@ def format_bytes(num: float | None, unit: str = "GB", decimals: int | None = Non
     return f"{value:.{places}f} {unit}"
 
 
+def cuda_impossible() -> bool:
+    """True when this machine has no NVIDIA driver (Linux: no ``/proc/driver/nvidia``, no ``/dev/nvidiactl``),
+    so no CUDA device can exist and torch need not be imported to know it; False elsewhere or when unsure.
+
+    >>> isinstance(cuda_impossible(), bool)
+    True
+    """
+    if not sys.platform.startswith("linux"):
+        return sys.platform == "darwin"  # macOS has no CUDA
+    return not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl"))
+
+
 def ram_bytes() -> tuple[int, int]:
     """``(total, available)`` system RAM in bytes, right now.
 

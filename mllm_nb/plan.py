@@ -102,6 +102,8 @@ class FitReport(Report):
     n_images: int = 1
     max_new_tokens: int = 0
     architecture: str = ""
+    download_bytes: int | None = None  # the checkpoint's weight files; None: unknown
+    prequantized_download_bytes: int | None = None  # the catalog's pre-quantized 4-bit copy, where there is one
 
     @property
     def kv_bytes(self) -> int:
@@ -204,6 +206,7 @@ class FitReport(Report):
             ("model", f"{self.model_id} ({self.source}, {self.architecture})"),
             ("target", self.target.describe()),
             ("loading", f"{QUANT_WORDS[self.quantization]}, compute {self.compute_dtype}"),
+            ("download", self.download_text()),
             ("weights", weights),
             ("KV cache", kv),
             ("overhead", f"{format_bytes(self.overhead_bytes)} ({cuda}activations, reserve)"),
@@ -219,6 +222,21 @@ class FitReport(Report):
         return rows
 
     table = rows
+
+    def download_text(self) -> str:
+        """The bytes this choice downloads, and what the pre-quantized copy would.
+
+        >>> fit("llava-hf/llava-1.5-7b-hf", target="t4").download_text()[:30]
+        '14.1 GB of weight files (quant'
+        """
+        if self.download_bytes is None:
+            return "unknown (the weight files' sizes are not known)"
+        text = f"{format_bytes(self.download_bytes)} of weight files"
+        if self.quantization:
+            text += " (quantized while loading)"
+        if self.prequantized_download_bytes is not None:
+            text += f"; about {format_bytes(self.prequantized_download_bytes)} as a pre-quantized 4-bit copy"
+        return text
 
     def sections(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """The suggestions, under the table."""
@@ -240,7 +258,7 @@ class _Request:
     n_images: int
 
 
-def _overhead(config: PretrainedConfig, tokens: int, dtype: str, largest_quant: int, base: int, gpu: bool) -> int:
+def _overhead(config: Any, tokens: int, dtype: str, largest_quant: int, base: int, gpu: bool) -> int:
     """CUDA context + one layer's prefill activations + a dequantized weight + the allocator reserve."""
     dequantized = largest_quant * DTYPE_BYTES[dtype]
     reserve = max(RESERVE_MIN_BYTES, int(RESERVE_FRACTION * base))
@@ -251,7 +269,7 @@ def _peak_load_ram(model: ResolvedModel, weights: int, target: Target) -> int:
     """RAM while loading: baseline + the largest shard (twice if pickled) (+ the weights on CPU targets)."""
     shard = model.largest_shard
     if shard is None:
-        shard = min(DEFAULT_SHARD_BYTES, stored_bytes(model.config, census(model.config).total_params))
+        shard = min(DEFAULT_SHARD_BYTES, stored_bytes(model.config, model.census.total_params))
     peak = LOAD_BASELINE_RAM_BYTES + shard * (2 if model.pickled else 1)
     return peak + (weights if target.is_cpu else 0)
 
@@ -260,15 +278,15 @@ def _assess(req: _Request) -> FitReport:
     """The report for one request, without suggestions."""
     model, target = req.model, req.target
     dtype = req.dtype or target.dtype
-    counted = census(model.config)
-    weights, quantized, kept = weight_bytes(model.config, req.quantization, dtype)
-    base_tokens, max_tokens = catalog_image_tokens(model.config, model.entry, req.n_images)
+    counted = model.census
+    weights, quantized, kept = weight_bytes(counted, req.quantization, dtype)
+    base_tokens, max_tokens = _image_tokens(model, req.n_images)
     text_tokens = req.max_new_tokens + PROMPT_TOKENS if counted.can_generate else 0
     tokens = max_tokens * req.n_images + text_tokens
-    kv_1k = kv_bytes_per_token(model.config, dtype) * 1000 if counted.can_generate else 0
+    kv_1k = kv_bytes_per_token(model.decoder, dtype) * 1000 if counted.can_generate else 0
     kv = kv_1k * tokens // 1000
     largest_quant = counted.largest_quant if req.quantization else 0
-    overhead = _overhead(model.config, tokens, dtype, largest_quant, weights + kv, not target.is_cpu)
+    overhead = _overhead(model.decoder, tokens, dtype, largest_quant, weights + kv, not target.is_cpu)
     peak = _peak_load_ram(model, weights, target)
     report = FitReport(
         model_id=model.model_id,
@@ -294,8 +312,25 @@ def _assess(req: _Request) -> FitReport:
         n_images=req.n_images,
         max_new_tokens=req.max_new_tokens,
         architecture=counted.architecture,
+        download_bytes=model.download_bytes,
+        prequantized_download_bytes=_prequantized_bytes(model, req.quantization),
     )
     return _with_verdict(report)
+
+
+def _image_tokens(model: ResolvedModel, n_images: int) -> tuple[int, int]:
+    """(base, max) tokens per image: the catalog's, else counted from the config."""
+    if model.entry is not None:
+        return model.entry.image_tokens.base, model.entry.image_tokens.per_image(n_images)
+    return catalog_image_tokens(model.config, None, n_images)
+
+
+def _prequantized_bytes(model: ResolvedModel, quantization: str | None) -> int | None:
+    """What the catalog's pre-quantized 4-bit copy downloads: 4-bit weights, the rest in the stored dtype."""
+    if quantization != "4bit" or model.entry is None or not model.entry.prequantized:
+        return None
+    stored = model.entry.stored_dtype if model.entry.stored_dtype in DTYPE_BYTES else "bfloat16"
+    return weight_bytes(model.census, "4bit", stored)[0]
 
 
 def _with_verdict(report: FitReport) -> FitReport:
@@ -316,7 +351,7 @@ def _family_of(model: ResolvedModel) -> str | None:
     """The catalog family of the model, by catalog entry or by model type."""
     if model.entry is not None:
         return model.entry.family
-    model_type = getattr(model.config, "model_type", None)
+    model_type = model.model_type
     return next((e.family for e in catalog.entries() if e.config.get("model_type") == model_type), None)
 
 
@@ -395,9 +430,21 @@ def _suggest_context(report: FitReport) -> list[str]:
     return []
 
 
+def _suggest_prequantized(req: _Request, report: FitReport) -> list[str]:
+    """The catalog's pre-quantized 4-bit copy when it downloads fewer bytes."""
+    entry, saved = req.model.entry, report.prequantized_download_bytes
+    if entry is None or saved is None or report.download_bytes is None or saved >= report.download_bytes:
+        return []
+    repo = entry.prequantized[0]
+    return [
+        f"download the pre-quantized {repo} instead (load_vlm('{repo}')): about {format_bytes(saved)} "
+        f"instead of {format_bytes(report.download_bytes)}, the same 4-bit weights in memory"
+    ]
+
+
 def _suggestions(req: _Request, report: FitReport) -> tuple[str, ...]:
-    """What to do instead, most effective first (only the context warning when it fits)."""
-    tips = _suggest_context(report)
+    """What to do instead, most effective first (the context warning and download tip when it fits)."""
+    tips = _suggest_context(report) + _suggest_prequantized(req, report)
     if not report.fits:
         tips = (
             _suggest_4bit(req, report)

@@ -58,15 +58,39 @@ MULTI_IMAGE_MODELS = ("llava-hf/llava-interleave-qwen-7b-hf", "llava-hf/llava-on
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """Per-family defaults: the caption prompt and how long an answer may be."""
+    """Per-family defaults: the caption prompt, how long an answer may be, and the prompt format.
+
+    ``plain_prompt`` families have no chat template as released (PaliGemma): the prompt is the last user
+    text, prefixed with ``question_prefix`` unless it already starts with one of ``task_words``, and the
+    processor places the image tokens itself.
+
+    >>> FAMILY_DEFAULTS["paligemma"].format_question("What color is the car?")
+    'answer en What color is the car?'
+    """
 
     caption_prompt: str = "Describe this image in one sentence."
     max_new_tokens: int = 256
+    plain_prompt: bool = False
+    question_prefix: str = ""
+    task_words: tuple[str, ...] = ()
+
+    def format_question(self, question: str) -> str:
+        """The question as the family's prompt expects it (unchanged for chat-template families)."""
+        first = question.strip().split(" ", 1)[0].lower()
+        return question if first in self.task_words else self.question_prefix + question
 
 
 _GENERIC = FamilyDefaults()
-#: Families whose defaults differ from ``FamilyDefaults()`` (none yet: llava, llava_next, llava_onevision use it).
-FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {}
+#: Families whose defaults differ from ``FamilyDefaults()``: PaliGemma's task prompts ("caption en", "answer en ...").
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
+    "paligemma": FamilyDefaults(
+        caption_prompt="caption en",
+        max_new_tokens=64,
+        plain_prompt=True,
+        question_prefix="answer en ",
+        task_words=("caption", "describe", "answer", "question", "ocr", "detect", "segment"),
+    ),
+}
 
 
 @dataclass
@@ -128,7 +152,7 @@ class VLM:
         """
         pil = self._images(images)
         inputs = self._inputs(pil, question)
-        generation = self.check_budget(inputs, generation, [pil])
+        generation = self.check_budget(inputs, generation, [pil], [self.question_prompt(0, question)])
         return self._decode(self._generate(inputs, **generation))[0]
 
     def caption(self, image: Any, prompt: str | None = None, **generation: Any) -> str:
@@ -150,7 +174,7 @@ class VLM:
         """
         pil = self._images(images)
         inputs = self._inputs(pil, question)
-        generation = self.check_budget(inputs, generation, [pil])
+        generation = self.check_budget(inputs, generation, [pil], [self.question_prompt(0, question)])
         yield from self.stream_inputs(inputs, **generation)
 
     def batch_ask(
@@ -229,12 +253,20 @@ class VLM:
         inputs = self._process(images, prompts)
         return inputs.to(self.device, dtype=self.dtype) if "pixel_values" in inputs else inputs.to(self.device)
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+    def chat_prompt(self, messages: list[dict[str, Any]], images: bool = True) -> str:
         """The prompt text for chat-template ``messages`` (``{"type": "image"}`` items where images go).
+
+        ``images=False`` leaves the image items out (the same prompt without images, e.g. to count what
+        the images cost). A family without a chat template (PaliGemma) gets its last user text in its
+        own prompt format; its processor places the image tokens.
 
         >>> vlm.chat_prompt([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}])  # doctest: +SKIP
         'USER: Hi ASSISTANT:'
         """
+        if not images:
+            messages = [_without_images(message) for message in messages]
+        if self.family.plain_prompt and not getattr(self.processor, "chat_template", None):
+            return self.family.format_question(_last_user_text(messages))
         if not getattr(self.processor, "chat_template", None):
             raise VLMError(
                 f"The processor of {self.name!r} has no chat template; use a chat checkpoint "
@@ -290,8 +322,9 @@ class VLM:
         """
         if not isinstance(question, str) or not question.strip():
             raise VLMError(f"The question must be a non-empty string; got {question!r}.")
-        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
-        return self.chat_prompt([{"role": "user", "content": content}])
+        from mllm_nb.memory.twins import question_messages
+
+        return self.chat_prompt(question_messages(n_images, question))
 
     def _images(self, images: Any) -> list[Any]:
         """``images`` as RGB PIL images in order, with the multi-image warning when there are several."""
@@ -303,25 +336,34 @@ class VLM:
         return self.encode([pil], [self.question_prompt(len(pil), question)])
 
     def _process(self, images: list[list[Any]], prompts: list[str]) -> Any:
-        """The processor's output on the CPU: one image list and one prompt per row, left padded."""
-        flat = [image for row in images for image in row]
+        """The processor's output on the CPU: one image list and one prompt per row, left padded.
+
+        Every processor gets one list of images per prompt (Gemma 3, SmolVLM and Mllama need it to
+        match images with prompts; the others flatten it).
+        """
         kwargs: dict[str, Any] = {"padding": True, "padding_side": "left"} if len(prompts) > 1 else {}
-        payload: Any = flat or None
-        if flat and _groups_images(self.processor):  # OneVision treats a prompt's images together
-            payload = [list(row) for row in images if row]
+        payload = [list(row) for row in images] if any(images) else None
         return self.processor(images=payload, text=prompts, return_tensors="pt", **kwargs)
 
-    def check_budget(self, inputs: Any, generation: dict[str, Any], images: list[list[Any]]) -> dict[str, Any]:
+    def check_budget(
+        self,
+        inputs: Any,
+        generation: dict[str, Any],
+        images: list[list[Any]],
+        bare_prompts: Sequence[str] = (),
+    ) -> dict[str, Any]:
         """Raise ``BudgetError`` before any forward pass when the prompt can't fit (see ``mllm_nb.context_budget``).
 
+        ``bare_prompts`` are the rows' prompts without their images: what the images cost is the rest.
         Returns ``generation``, with a default ``max_new_tokens`` lowered to what the context leaves.
 
-        >>> vlm.check_budget(vlm.prepare(image, "What is it?"), {}, [[image]])  # doctest: +SKIP
+        >>> vlm.check_budget(vlm.prepare(image, "What is it?"), {}, [[image]], [vlm.question_prompt(0, "What is it?")])  # doctest: +SKIP
         {}
         """
         from mllm_nb.context_budget import check_inputs
 
-        return check_inputs(self, inputs, generation, [[image.size for image in row] for row in images])
+        sizes = [[image.size for image in row] for row in images]
+        return check_inputs(self, inputs, generation, sizes, bare_prompts)
 
     def warn_multi_image(self, n_images: int, stacklevel: int = 3) -> None:
         """Warn once per VLM (``MultiImageWarning``) when ``n_images`` > 1 go to a model not trained on several.
@@ -363,7 +405,8 @@ class VLM:
     def _answer_batch(self, pairs: list[tuple[list[Any], str]], generation: dict[str, Any]) -> list[str]:
         prompts = [self.question_prompt(len(images), question) for images, question in pairs]
         inputs = self.encode([images for images, _ in pairs], prompts)
-        generation = self.check_budget(inputs, generation, [images for images, _ in pairs])
+        bare = [self.question_prompt(0, question) for _, question in pairs]
+        generation = self.check_budget(inputs, generation, [images for images, _ in pairs], bare)
         return self._decode(self._generate(inputs, **generation))
 
     def _caption_chunk(
@@ -408,10 +451,24 @@ def _multi_image_advice(*names: str) -> str | None:
     )
 
 
-def _groups_images(processor: Any) -> bool:
-    """Whether the image processor takes one list of images per prompt (``batch_num_images``: OneVision)."""
-    names = getattr(getattr(processor, "image_processor", None), "model_input_names", None) or ()
-    return "batch_num_images" in names
+def _without_images(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message without its image items."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    return {**message, "content": [item for item in content if not (isinstance(item, dict) and item.get("type") == "image")]}
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (plain-prompt families answer one question at a time)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        return " ".join(item.get("text", "") for item in content or [] if isinstance(item, dict) and item.get("type") == "text")
+    return ""
 
 
 def _check_item(index: int, item: Any) -> tuple[list[Any], str]:

@@ -274,6 +274,7 @@ def test_auto_target_reads_this_machine(monkeypatch: pytest.MonkeyPatch) -> None
         ram_total_bytes=13_600_000_000, ram_available_bytes=12_000_000_000,
     )  # fmt: skip
     monkeypatch.setattr(hardware, "hardware_report", lambda *a, **k: t4)
+    monkeypatch.setattr(hardware, "cuda_impossible", lambda: False)
     report = fit(LLAVA_7B)
     assert report.target.gpu_bytes == 15_828_320_256 and "Tesla T4" in report.target.name
     assert report.compute_dtype == "float16" and report.fits

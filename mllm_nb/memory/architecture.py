@@ -13,6 +13,7 @@ per distinct config.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -95,7 +96,7 @@ def as_config(config: PretrainedConfig | Mapping[str, Any]) -> PretrainedConfig:
         return config
     if isinstance(config, Mapping) and "model_type" in config:
         with quiet_transformers():
-            return AutoConfig.for_model(**dict(config))
+            return AutoConfig.for_model(**copy.deepcopy(dict(config)))  # transformers writes into nested dicts
     raise PlanError("config must be a transformers PretrainedConfig or a config dict with a 'model_type' key.")
 
 

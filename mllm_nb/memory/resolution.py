@@ -15,12 +15,14 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mllm_nb import catalog
-from mllm_nb.memory.architecture import census, config_context_length, quiet_transformers, register_project_models
+from mllm_nb.memory.architecture import Census, census, config_context_length, quiet_transformers, register_project_models
 from mllm_nb.memory.arguments import DTYPE_BYTES, PlanError, parse_dtype
+from mllm_nb.memory.sizes import DecoderShape, decoder_shape
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -31,14 +33,47 @@ _GENERIC_ERRORS = (OSError, ValueError, KeyError, TypeError, json.JSONDecodeErro
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A resolved ``model`` argument: its config and what is known about its checkpoint files."""
+    """A resolved ``model`` argument: its config and what is known about its checkpoint files.
+
+    A catalog model's config, census and decoder sizes come from the catalog's stored figures, so
+    planning it needs neither torch nor transformers; the config is built only when something asks for it.
+    """
 
     model_id: str
     source: str
-    config: PretrainedConfig
+    given_config: PretrainedConfig | None
     largest_shard: int | None  # None: unknown
     pickled: bool = False
     entry: catalog.CatalogEntry | None = None
+    download_bytes: int | None = None  # the weight files' total size, None: unknown
+
+    @cached_property
+    def config(self) -> PretrainedConfig:
+        """The transformers config (built from the catalog entry on first use)."""
+        if self.given_config is not None:
+            return self.given_config
+        assert self.entry is not None
+        with quiet_transformers():
+            return self.entry.build_config()
+
+    @cached_property
+    def census(self) -> Census:
+        """What the architecture holds and what bitsandbytes quantizes (stored for catalog models)."""
+        stored = self.entry.figures.get("census") if self.entry is not None else None
+        return Census(**stored) if stored else census(self.config)
+
+    @cached_property
+    def decoder(self) -> DecoderShape:
+        """The decoder sizes behind the KV cache and activations (stored for catalog models)."""
+        stored = self.entry.figures.get("decoder") if self.entry is not None else None
+        return DecoderShape(**stored) if stored else decoder_shape(self.config)
+
+    @property
+    def model_type(self) -> str:
+        """The config's ``model_type``."""
+        if self.entry is not None:
+            return str(self.entry.config.get("model_type", ""))
+        return str(getattr(self.config, "model_type", ""))
 
     @property
     def context_length(self) -> int | None:
@@ -93,8 +128,10 @@ def _from_folder(folder: Path) -> ResolvedModel:
         files, pickled = _local_weight_files(folder)
     except _GENERIC_ERRORS as exc:
         raise PlanError(f"Could not read the checkpoint in '{folder}' ({exc}); check its config.json.") from exc
-    largest = max((f.stat().st_size for f in files), default=None)
-    return ResolvedModel(str(folder), "local config", config, largest, pickled and bool(files))
+    sizes = [f.stat().st_size for f in files]
+    largest = max(sizes, default=None)
+    return ResolvedModel(str(folder), "local config", config, largest, pickled and bool(files),
+                         download_bytes=sum(sizes) if sizes else None)
 
 
 def _offline_error(model_id: str) -> PlanError:
@@ -140,24 +177,25 @@ def _from_hub(model_id: str) -> ResolvedModel:
             config = AutoConfig.from_pretrained(os.path.dirname(config_path))
     except _GENERIC_ERRORS as exc:
         raise PlanError(f"The config.json of '{model_id}' could not be read ({exc}); pass a local folder.") from exc
-    return ResolvedModel(model_id, "hub config", config, _hub_largest_shard(model_id, config))
+    largest, total = _hub_shards(model_id, config)
+    return ResolvedModel(model_id, "hub config", config, largest, download_bytes=total)
 
 
-def _hub_largest_shard(model_id: str, config: PretrainedConfig) -> int:
-    """Largest shard from the Hub's safetensors index; without an index the checkpoint is one file."""
+def _hub_shards(model_id: str, config: PretrainedConfig) -> tuple[int, int]:
+    """(largest shard, total bytes) from the Hub's safetensors index; without an index, one file of the params."""
     try:
         index = json.loads(Path(_download(model_id, "model.safetensors.index.json")).read_text())
         total = int(index["metadata"]["total_size"])
-        return _shards_from_index(total, len(set(index["weight_map"].values())))
+        return _shards_from_index(total, len(set(index["weight_map"].values()))), total
     except (PlanError, *_GENERIC_ERRORS):
-        return stored_bytes(config, census(config).total_params)
+        size = stored_bytes(config, census(config).total_params)
+        return size, size
 
 
 def _from_catalog(entry: catalog.CatalogEntry) -> ResolvedModel:
-    """A catalog model: its stored config and shard sizes, nothing downloaded."""
-    with quiet_transformers():
-        config = entry.build_config()
-    return ResolvedModel(entry.id, "catalog", config, max(entry.shard_bytes, default=None), entry=entry)
+    """A catalog model: its stored config, figures and shard sizes, nothing downloaded or built."""
+    largest = max(entry.shard_bytes, default=None)
+    return ResolvedModel(entry.id, "catalog", None, largest, entry=entry, download_bytes=sum(entry.shard_bytes) or None)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -173,22 +211,24 @@ def resolve_model(model: Any) -> ResolvedModel:
     ...
     mllm_nb.memory.arguments.PlanError: Folder 'no/such/folder' does not exist: check the path or pass a catalog id.
     """
-    from transformers import PretrainedConfig
-
-    register_project_models()  # catalog and local Honeybee configs need their model type registered
     if isinstance(model, catalog.CatalogEntry):
         return _from_catalog(model)
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model).expanduser()
+        is_folder = path.is_dir() or path.name == "config.json" and path.is_file()
+        entry = None if is_folder else catalog.get(str(model))
+        if entry is not None:  # planned from stored figures: no torch, no transformers
+            return _from_catalog(entry)
+    from transformers import PretrainedConfig
+
+    register_project_models()  # local Honeybee configs need their model type registered
     if isinstance(model, PretrainedConfig):
         name = getattr(model, "_name_or_path", "") or f"<{type(model).__name__}>"
         return ResolvedModel(name, "config", model, None)
     if not isinstance(model, (str, os.PathLike)):
         raise PlanError(f"Cannot plan a {type(model).__name__}: pass a model id, a local folder or a config.")
-    path = Path(model).expanduser()
-    if path.is_dir() or path.name == "config.json" and path.is_file():
+    if is_folder:
         return _from_folder(path if path.is_dir() else path.parent)
-    entry = catalog.get(str(model))
-    if entry is not None:
-        return _from_catalog(entry)
     if isinstance(model, os.PathLike) or _looks_like_path(str(model)):
         raise PlanError(f"Folder '{model}' does not exist: check the path or pass a catalog id.")
     return _from_hub(str(model))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mllm_nb.memory.architecture import Census, as_config, census, text_config
@@ -50,11 +51,13 @@ def _quantized_bytes(counted: Census, quantization: str | None) -> int:
 
 
 def weight_bytes(
-    config: PretrainedConfig | Mapping[str, Any],
+    config: PretrainedConfig | Mapping[str, Any] | Census,
     quantization: str | None = "4bit",
     dtype: str | torch.dtype = "float16",
 ) -> tuple[int, int, int]:
     """``(bytes, quantized_params, kept_params)`` of the loaded weights; kept params are in ``dtype``.
+
+    ``config`` is a model config (its architecture is counted on the meta device) or a :class:`Census`.
 
     >>> from mllm_nb import catalog
     >>> size, quantized, kept = weight_bytes(catalog.get("llava-hf/llava-1.5-7b-hf").build_config(), "4bit")
@@ -63,7 +66,7 @@ def weight_bytes(
     """
     quant = parse_quantization(quantization)
     name = parse_dtype(dtype) or "float16"
-    counted = census(as_config(config))
+    counted = config if isinstance(config, Census) else census(as_config(config))
     quantized = counted.quant_params if quant else 0
     kept = counted.total_params - quantized
     fp32 = min(_fp32_kept(counted, name), kept)
@@ -71,21 +74,57 @@ def weight_bytes(
     return size, quantized, kept
 
 
-def kv_bytes_per_token(config: PretrainedConfig, dtype: str | torch.dtype = "float16") -> int:
+@dataclass(frozen=True)
+class DecoderShape:
+    """The decoder sizes the KV cache and the prefill activations depend on.
+
+    >>> DecoderShape(layers=32, kv_heads=32, head_dim=128, hidden=4096, intermediate=11008).kv_values_per_token
+    262144
+    """
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+
+    @property
+    def kv_values_per_token(self) -> int:
+        """Values cached per token: ``2 (K, V) x layers x kv_heads x head_dim``."""
+        return 2 * self.layers * self.kv_heads * self.head_dim
+
+
+def decoder_shape(config: Any) -> DecoderShape:
+    """The decoder's sizes read from a config (zeros where the config does not say).
+
+    >>> from mllm_nb import catalog
+    >>> decoder_shape(catalog.get("llava-hf/llava-1.5-7b-hf").build_config()).kv_heads
+    32
+    """
+    if isinstance(config, DecoderShape):
+        return config
+    text = text_config(config)
+    heads = int(getattr(text, "num_attention_heads", 0) or 0)
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    return DecoderShape(
+        layers=int(getattr(text, "num_hidden_layers", 0) or 0),
+        kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+        head_dim=int(getattr(text, "head_dim", None) or (hidden // heads if heads else 0)),
+        hidden=hidden,
+        intermediate=int(getattr(text, "intermediate_size", 0) or 4 * hidden),
+    )
+
+
+def kv_bytes_per_token(config: Any, dtype: str | torch.dtype = "float16") -> int:
     """KV-cache bytes per token: ``2 x layers x kv_heads x head_dim x dtype bytes`` of the decoder.
+
+    ``config`` is a model config or a :class:`DecoderShape`.
 
     >>> from mllm_nb import catalog
     >>> kv_bytes_per_token(catalog.get("llava-hf/llava-1.5-7b-hf").build_config())
     524288
     """
-    text = text_config(config)
-    heads = getattr(text, "num_attention_heads", None)
-    layers = getattr(text, "num_hidden_layers", None)
-    if not heads or not layers:
-        return 0
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return 2 * int(layers) * int(kv_heads) * int(head_dim) * DTYPE_BYTES[parse_dtype(dtype) or "float16"]
+    return decoder_shape(config).kv_values_per_token * DTYPE_BYTES[parse_dtype(dtype) or "float16"]
 
 
 def activation_bytes(config: Any, tokens: int, dtype: str) -> int:
@@ -95,7 +134,5 @@ def activation_bytes(config: Any, tokens: int, dtype: str) -> int:
     >>> activation_bytes(catalog.get("llava-hf/llava-1.5-7b-hf").build_config(), 1, "float32")
     230400
     """
-    text = text_config(config)
-    hidden = int(getattr(text, "hidden_size", 0) or 0)
-    intermediate = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
-    return tokens * (6 * hidden + 3 * intermediate) * DTYPE_BYTES.get(dtype, 2)
+    shape = decoder_shape(config)
+    return tokens * (6 * shape.hidden + 3 * shape.intermediate) * DTYPE_BYTES.get(dtype, 2)

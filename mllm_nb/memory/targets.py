@@ -89,6 +89,8 @@ TARGETS: Mapping[str, Target] = _Targets()
 
 def _auto_target() -> Target:
     """This machine: its CUDA GPU (total memory) when there is one, else the CPU target."""
+    if hardware.cuda_impossible():  # no NVIDIA driver: answered without importing torch
+        return _cpu_target()
     report = hardware.hardware_report()  # looked up on the module: tests replace it
     if report.device != "cuda" or not report.gpu_total_bytes:
         return _cpu_target()

@@ -191,37 +191,62 @@ def rules_from_processor(processor: Any, config: Any) -> TokenRules:
     return replace(rules, **updates)
 
 
-def _catalog_twin(config: PretrainedConfig) -> catalog.CatalogEntry | None:
-    """A catalog entry with the same model type and vision input (image size, patch size)."""
+_VISION_KEYS = ("image_size", "patch_size", "spatial_merge_size", "temporal_patch_size")
+
+
+def catalog_twin(config: Any) -> catalog.CatalogEntry | None:
+    """A catalog entry of the same model type whose vision input settings (image size, patch size, merge size)
+    equal the config's: its image-token figures hold for the config (e.g. a fine-tune of a catalog model).
+
+    >>> catalog_twin(catalog.get("llava-hf/llava-1.5-7b-hf").build_config()).id
+    'llava-hf/llava-1.5-7b-hf'
+    """
     vision = getattr(config, "vision_config", None)
-    if vision is None:
+    model_type = getattr(config, "model_type", None)
+    if vision is None or model_type is None:
         return None
     for entry in catalog.entries():
         twin = entry.config.get("vision_config") or {}
-        same_type = entry.config.get("model_type") == getattr(config, "model_type", None)
-        if same_type and twin.get("image_size") == vision.image_size and twin.get("patch_size") == vision.patch_size:
+        if entry.config.get("model_type") != model_type:
+            continue
+        if all(_plain(twin.get(key)) == _plain(_get(vision, key)) for key in _VISION_KEYS):
             return entry
+    return None
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _side(value: Any) -> int | None:
+    """A square size from an int or an ``[h, w]`` pair with equal sides."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1] and isinstance(value[0], int):
+        return value[0]
     return None
 
 
 def catalog_image_tokens(
     config: PretrainedConfig, entry: catalog.CatalogEntry | None, n_images: int
 ) -> tuple[int, int]:
-    """(base, max) tokens per image for ``n_images`` per prompt: from the catalog, else from the vision config.
+    """(base, max) tokens per image for ``n_images`` per prompt: from the catalog (or a catalog twin of the
+    config), else from the config's own figures; (0, 0) when the config says nothing usable.
 
     >>> entry = catalog.get("llava-hf/llava-v1.6-34b-hf")
     >>> catalog_image_tokens(entry.build_config(), entry, 1)
     (576, 2928)
     """
-    entry = entry or _catalog_twin(config)
+    entry = entry or catalog_twin(config)
     if entry is not None:
         return entry.image_tokens.base, entry.image_tokens.per_image(n_images)
+    stated = getattr(config, "image_seq_length", None) or getattr(config, "mm_tokens_per_image", None)
     vision = getattr(config, "vision_config", None)
-    if vision is None or not getattr(vision, "patch_size", None):
+    side, patch = _side(_get(vision, "image_size")), _side(_get(vision, "patch_size"))
+    if not stated and not (side and patch):
         return 0, 0
-    side = vision.image_size // vision.patch_size
-    base = int(getattr(config, "image_seq_length", 0) or side * side)
+    base = int(stated or (side // patch) ** 2)
     grids = getattr(config, "image_grid_pinpoints", None) or []
     # anyres: the biggest crop grid plus one newline token per feature row, on top of the base image
-    extra = max(((h // vision.patch_size) * (w // vision.patch_size + 1) for h, w in grids), default=0)
+    extra = max(((h // patch) * (w // patch + 1) for h, w in grids), default=0) if patch else 0
     return base, base + extra
