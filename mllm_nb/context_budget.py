@@ -421,24 +421,41 @@ def _estimated_text_tokens(question: str, n_images: int) -> int:
     return TEMPLATE_TOKENS + math.ceil(len(question) / CHARS_PER_TOKEN) + IMAGE_SEPARATOR_TOKENS * n_images
 
 
+def _id_image_tokens(resolved: Any, sizes: list[tuple[int, int]]) -> tuple[tuple[int, ...], str, list[str], bool]:
+    """(tokens per image, how they were counted, notes, anyres) for a model id: its processor twin when the
+    catalog (or a catalog twin of its config) has one, else the processor rules applied to the config."""
+    from mllm_nb.memory.tokens import catalog_twin
+    from mllm_nb.memory.twins import image_token_counts, processor_twin
+
+    entry = resolved.entry or catalog_twin(resolved.config)
+    if entry is not None and entry.processor:
+        counts = image_token_counts(processor_twin(entry), sizes)
+        twin = "" if entry is resolved.entry else f" (the catalog's {entry.id}, same vision settings)"
+        described = f"{entry.processor['class']} run with the checkpoint's image settings{twin}"
+        anyres = entry.config.get("model_type") in ANYRES_FAMILIES
+        return counts, described, [], anyres
+    config = resolved.config
+    rules = rules_from_config(config, entry.image_tokens.max if entry is not None else 0)
+    notes = []
+    if rules.family == "fixed" and getattr(config, "model_type", "") != "honeybee":
+        notes.append("no processor rule is known for this model: the catalog's most tokens per image are used")
+    described = {"fixed": "fixed tokens per image"}.get(rules.family, f"the {rules.family} processor rules")
+    described += f" applied to the {resolved.source.replace('catalog', 'catalog config')}"
+    return tuple(rules.per_image(size, len(sizes)) for size in sizes), described, notes, rules.anyres
+
+
 def _model_budget(model: Any, images: Any, question: str, max_new_tokens: int | None, dtype: Any) -> BudgetReport:
     resolved = resolve_model(model)
-    entry, config = resolved.entry, resolved.config
-    rules = rules_from_config(config, entry.image_tokens.max if entry is not None else 0)
     sizes, _ = _sizes_and_images(images)
-    per_image = tuple(rules.per_image(size, len(sizes)) for size in sizes)
+    per_image, described, notes, anyres = _id_image_tokens(resolved, sizes)
     dtype_used = dtype_name(dtype if dtype is not None else best_dtype())
     new = 256 if max_new_tokens is None else int(max_new_tokens)
     text = _estimated_text_tokens(question, len(sizes))
     free, where = free_memory()
-    notes = ["the weights are not counted (the model is not loaded); mllm_nb.fit() plans those"]
-    if rules.family == "fixed" and getattr(config, "model_type", "") != "honeybee":
-        notes.append("no processor rule is known for this model: the catalog's most tokens per image are used")
-    described = {"fixed": "fixed tokens per image"}.get(rules.family, f"the {rules.family} processor rules")
-    origin = resolved.source.replace("catalog", "catalog config")
+    notes = ["the weights are not counted (the model is not loaded); mllm_nb.fit() plans those", *notes]
     report = BudgetReport(
         model=resolved.model_id,
-        source=f"{described} applied to the {origin} (no processor loaded)",
+        source=f"{described} (the model's processor not loaded)",
         image_sizes=tuple(sizes),
         image_tokens=per_image,
         image_tokens_total=sum(per_image),
@@ -446,12 +463,12 @@ def _model_budget(model: Any, images: Any, question: str, max_new_tokens: int | 
         text_exact=False,
         max_new_tokens=new,
         context_length=resolved.context_length,
-        kv_bytes_per_token=_kv_per_token(config, dtype_used),
-        activation_bytes=activation_bytes(config, sum(per_image) + text, dtype_used),
+        kv_bytes_per_token=_kv_per_token(resolved.decoder, dtype_used),
+        activation_bytes=activation_bytes(resolved.decoder, sum(per_image) + text, dtype_used),
         free_bytes=free,
         memory=where,
         dtype=dtype_used,
-        anyres=rules.anyres,
+        anyres=anyres,
         notes=tuple(notes),
     )
     return _finish(report)

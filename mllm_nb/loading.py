@@ -69,10 +69,14 @@ def load_vlm(
     device, compute_dtype = _placement(dtype)
     config = _read_config(path, requested)
     if is_fixture:
-        print(demo_banner(requested, path, (getattr(config, "architectures", None) or [config.model_type])[0]))
+        print(demo_banner(requested, path, _fixture_role(requested, config)))
+    stored = stored_quantization(config)
+    if stored is not None:  # a pre-quantized checkpoint (e.g. unsloth's -bnb-4bit repos) loads as it was saved
+        quantization = _check_stored_quantization(requested, stored, quantization)
     choice = _choose_quantization(path, requested, quantization, None if dtype == "auto" else compute_dtype, force)
     model, processor = _from_pretrained(
-        path, requested, choice.quantization, compute_dtype, _device_map(device_map, device, choice), is_fixture
+        path, requested, None if stored else choice.quantization, compute_dtype,
+        _device_map(device_map, device, choice), is_fixture,
     )
     if choice.quantization == "4bit" and model.device.type == "cpu":
         avoid_packed_cpu_kernel(model)
@@ -123,11 +127,52 @@ def _read_config(path: str, requested: str) -> Any:
     return config
 
 
+def _fixture_role(requested: str, config: Any) -> str:
+    """The fixture's architecture, and the real one it stands in for when they differ."""
+    from mllm_nb import catalog
+
+    architecture = (getattr(config, "architectures", None) or [config.model_type])[0]
+    entry = catalog.get(requested)
+    if entry is not None and entry.architecture != architecture:
+        return f"{architecture} standing in for {entry.architecture}"
+    return architecture
+
+
 def _failure_message(requested: str, err: BaseException) -> str:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return (
         f"Could not load {requested!r} ({reason[:200]}); check the id or folder, connect to the "
         "internet for Hub ids, or set MLLM_NB_DEMO=1 to use the offline demo model."
+    )
+
+
+def stored_quantization(config: Any) -> str | None:
+    """``"4bit"`` or ``"8bit"`` when the checkpoint was saved quantized by bitsandbytes (its config says so), else None.
+
+    >>> from transformers import LlavaConfig
+    >>> stored_quantization(LlavaConfig()) is None
+    True
+    """
+    stored = getattr(config, "quantization_config", None)
+    if stored is None:
+        return None
+    settings = stored if isinstance(stored, dict) else stored.to_dict()
+    if settings.get("quant_method", "bitsandbytes") != "bitsandbytes":
+        raise ModelLoadError(
+            f"This checkpoint is quantized with {settings.get('quant_method')!r}, which load_vlm does not plan; "
+            "load it with transformers' AutoModelForImageTextToText.from_pretrained, or use an unquantized checkpoint."
+        )
+    return "4bit" if settings.get("load_in_4bit") else "8bit" if settings.get("load_in_8bit") else None
+
+
+def _check_stored_quantization(requested: str, stored: str, quantization: str | None) -> str:
+    """A pre-quantized checkpoint keeps its quantization: ``"auto"`` becomes it, another choice is refused."""
+    if quantization in ("auto", stored):
+        return stored
+    asked = "full precision" if quantization is None else quantization
+    raise VLMError(
+        f"{requested!r} was saved in {stored} by bitsandbytes and cannot be loaded in {asked}; "
+        f"use quantization='auto' or '{stored}', or load the original unquantized checkpoint."
     )
 
 
@@ -254,9 +299,9 @@ def _from_pretrained(
     try:
         with quiet_fixture_loading(quiet), _quiet_bitsandbytes(), _trim_between_tensors():
             processor = AutoProcessor.from_pretrained(path)
-            model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=dtype, device_map=device_map, quantization_config=quantization_config
-            )
+            quantized = {"quantization_config": quantization_config} if quantization_config is not None else {}
+            # (an explicit quantization_config=None would hide a pre-quantized checkpoint's own config)
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device_map, **quantized)
     except torch.OutOfMemoryError as err:
         raise ModelLoadError(
             f"Out of memory while loading {requested!r}; restart the runtime to free memory, "

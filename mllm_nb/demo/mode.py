@@ -80,11 +80,25 @@ def resolve_model(name_or_path: str | os.PathLike, task: str, demo: bool | None 
     for pattern, fixture in patterns.items():
         if fnmatch.fnmatch(text.lower(), pattern):
             return str(fixture_path(fixture)), True
+    stand_in = _catalog_stand_in(text, task)
+    if stand_in is not None:
+        return str(fixture_path(stand_in)), True
     known = ", ".join(sorted(patterns)) or "none"
+    also = " or a catalog model (mllm_nb.catalog.table())" if task == "vlm" else ""
     raise DemoModeError(
         f"Demo mode has no offline fixture for {text!r} ({task}); use one of the ids matching "
-        f"{known}, a local folder, or unset {DEMO_ENV_VAR} to download the real model."
+        f"{known}{also}, a local folder, or unset {DEMO_ENV_VAR} to download the real model."
     )
+
+
+def _catalog_stand_in(model_id: str, task: str) -> str | None:
+    """The fixture standing in for any other catalog chat model (Qwen-VL, Gemma 3, ...): the tiny LLaVA."""
+    from mllm_nb import catalog
+
+    entry = catalog.get(model_id)
+    if task != "vlm" or entry is None or entry.family in ("clip", "siglip"):
+        return None
+    return "tiny-llava"
 
 
 def looks_like_path(text: str) -> bool:

@@ -26,19 +26,21 @@ from typing import Any
 from mllm_nb.memory.arguments import PlanError
 
 #: Words the stand-in tokenizer knows besides the special tokens (everything else is one ``<unk>``).
-_BASE_WORDS = ("<pad>", "<unk>", "<s>", "</s>")
+_BASE_WORDS = ("<pad>", "<unk>", "<s>", "</s>", "\n", "\n\n")
 
 
 def _stand_in_tokenizer(tokens: Mapping[str, str]) -> Any:
     """A word-level fast tokenizer whose special tokens are ``tokens`` (attribute name -> token text)."""
-    from tokenizers import Tokenizer
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
     from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import WhitespaceSplit
     from transformers import PreTrainedTokenizerFast
 
     words = list(dict.fromkeys([*_BASE_WORDS, *tokens.values()]))
     backend = Tokenizer(WordLevel({word: i for i, word in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = WhitespaceSplit()
+    # words split at spaces; each run of newlines stays one token, as real tokenizers write "\n" and "\n\n"
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r"[^\S\n]+"), "removed"), pre_tokenizers.Split(Regex(r"\n+"), "isolated")]
+    )
     named = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
     standard = {key: value for key, value in tokens.items() if key in named}
     extra = {key: value for key, value in tokens.items() if key not in named}
