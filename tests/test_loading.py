@@ -227,3 +227,32 @@ def test_malloc_trim_runs_on_this_machine():
 
     trim = loading._malloc_trim()
     assert trim is None or trim() in (0, 1)
+
+
+def test_a_checkpoint_saved_in_4bit_loads_as_saved_and_plans_its_own_bytes(tiny_llava_dir, tmp_path, capsys):
+    """A pre-quantized repo (config.json with a bitsandbytes quantization_config, like unsloth's -bnb-4bit)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+
+    import mllm_nb as mn
+    from mllm_nb.vlm import VLMError
+
+    four_bit = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, quantization_config=four_bit, device_map="cpu")
+    model.save_pretrained(tmp_path)
+    AutoProcessor.from_pretrained(tiny_llava_dir).save_pretrained(tmp_path)
+    saved = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors"))
+    original = sum(f.stat().st_size for f in Path(tiny_llava_dir).glob("*.safetensors"))
+    assert saved < original / 2
+
+    report = mn.fit(tmp_path, target="cpu")
+    assert report.download_bytes == saved
+    vlm = mn.load_vlm(tmp_path)
+    assert "4-bit NF4" in capsys.readouterr().out and vlm.quantization == "4bit"
+    assert any(type(m).__name__ == "Linear4bit" for m in vlm.model.modules())
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    assert isinstance(vlm.ask(image, "w1", max_new_tokens=3), str)
+    with pytest.raises(VLMError, match="saved in 4bit by bitsandbytes and cannot be loaded in full precision"):
+        mn.load_vlm(tmp_path, quantization=None)

@@ -546,3 +546,17 @@ def test_honeybee_plans_in_a_fresh_interpreter() -> None:
     code = "from mllm_nb import fit; print(fit('kakaobrain/honeybee-7B-C-Abs-M144', '4bit', 't4').fits)"
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-500:]
+
+
+def test_a_config_transformers_cannot_build_is_reported_with_its_own_error(monkeypatch) -> None:
+    """Not "transformers has no model class" (Aya Vision was reported that way): the real reason, in one line."""
+    import transformers
+    from transformers import LlamaConfig
+
+    def broken(config, **kwargs):
+        raise AttributeError("'AyaVisionConfig' object has no attribute 'adapter_layer_norm_eps'")
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_config", broken)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
+    with pytest.raises(PlanError, match="could not build LlamaConfig .AttributeError: .*adapter_layer_norm_eps"):
+        fit(config)

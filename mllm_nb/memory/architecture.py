@@ -123,7 +123,11 @@ def config_context_length(config: Any) -> int | None:
 
 
 def _instantiate(config: PretrainedConfig) -> nn.Module:
-    """The model class transformers would pick, built on the meta device (no memory, no weights)."""
+    """The model class transformers would pick, built on the meta device (no memory, no weights).
+
+    An Auto class that does not know the config type is skipped; a known class that fails to build
+    (a config field it cannot use) is reported with its own error.
+    """
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -131,8 +135,12 @@ def _instantiate(config: PretrainedConfig) -> nn.Module:
         for auto in (AutoModelForImageTextToText, AutoModelForCausalLM, AutoModel):
             try:
                 return auto.from_config(config)
-            except (ValueError, KeyError):
-                continue
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                if not str(err).startswith("Unrecognized configuration class"):
+                    raise PlanError(
+                        f"transformers could not build {type(config).__name__} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]}); check the config or upgrade transformers."
+                    ) from err
     raise PlanError(
         f"transformers has no model class for config type {type(config).__name__!r}; "
         "upgrade transformers or pick a catalog model (mllm_nb.catalog.table())."
