@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "fit": "mllm_nb.plan",
     "FitReport": "mllm_nb.plan",
     "WontFitError": "mllm_nb.plan",
+    "compare_models": "mllm_nb.choosing",
     "load_vlm": "mllm_nb.loading",
     "VLM": "mllm_nb.vlm",
     "sample_images": "mllm_nb.samples",
