@@ -1,4 +1,4 @@
-"""Load a vision-language chat model (the LLaVA family) so that it fits, and say how.
+"""Load a vision-language chat model (any image-text-to-text model transformers supports) so that it fits, and say how.
 
 ``load_vlm`` plans before it loads: :func:`mllm_nb.plan.fit` estimates what the checkpoint needs on
 this machine, and the loader picks the precision from that (full compute dtype when it fits, else
@@ -49,13 +49,13 @@ def load_vlm(
     force: bool = False,
     demo: bool | None = None,
 ) -> VLM:
-    """Load a LLaVA-family checkpoint (Hub id or local folder) that fits this machine, as a :class:`VLM`.
+    """Load an image-text-to-text checkpoint (Hub id or local folder) that fits this machine, as a :class:`VLM`.
 
     ``quantization``: ``"auto"`` (full precision when it fits, else 4-bit NF4), ``"4bit"``,
     ``"8bit"`` or None. ``dtype``: ``"auto"`` is :func:`mllm_nb.best_dtype` (float16 on a T4,
     bfloat16 from sm80 on, float32 on CPU); 4-bit layers compute in it. If the planner says the
     model won't fit, ``WontFitError`` is raised before any weight is read, unless ``force=True``.
-    In demo mode (``MLLM_NB_DEMO=1`` or ``demo=True``) ``llava-hf/*`` ids load the tiny offline demo.
+    In demo mode (``MLLM_NB_DEMO=1`` or ``demo=True``) catalog chat models load a tiny offline fixture.
 
     >>> vlm = load_vlm("llava-hf/llava-1.5-7b-hf", demo=True)  # doctest: +SKIP
     DEMO MODE: ...

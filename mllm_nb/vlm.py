@@ -1,4 +1,4 @@
-"""Ask a vision-language model (the LLaVA family) about images, in one call.
+"""Ask a vision-language model (any image-text-to-text model transformers supports) about images, in one call.
 
 :class:`VLM` keeps the real Hugging Face ``model`` and ``processor`` and adds what a notebook needs:
 ``ask`` (one or several images and a question -> the answer), ``caption``, ``stream`` (the answer

@@ -37,6 +37,24 @@ EXPECTED_IDS = {
     "kakaobrain/honeybee-13B-D-Abs-M256",
     "kakaobrain/honeybee-7B-C-Abs-M256",
     "kakaobrain/honeybee-13B-C-Abs-M576",
+    # the VLMs people pick in 2026 (issue 17)
+    "Qwen/Qwen2-VL-2B-Instruct",
+    "Qwen/Qwen2.5-VL-3B-Instruct",
+    "Qwen/Qwen2.5-VL-7B-Instruct",
+    "Qwen/Qwen3-VL-2B-Instruct",
+    "Qwen/Qwen3-VL-4B-Instruct",
+    "Qwen/Qwen3-VL-8B-Instruct",
+    "google/gemma-3-4b-it",
+    "google/gemma-3-12b-it",
+    "google/paligemma2-3b-mix-224",
+    "meta-llama/Llama-3.2-11B-Vision-Instruct",
+    "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+    "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
+    "HuggingFaceM4/Idefics3-8B-Llama3",
+    "OpenGVLab/InternVL3-2B-hf",
+    "OpenGVLab/InternVL3-8B-hf",
+    "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+    "CohereLabs/aya-vision-8b",
 }
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 ALL = catalog.entries()
@@ -56,7 +74,7 @@ def _meta_model(entry: catalog.CatalogEntry) -> torch.nn.Module:
 
 def test_catalog_has_every_expected_model_once() -> None:
     ids = [entry.id for entry in ALL]
-    assert len(ids) == len(set(ids)) == len(EXPECTED_IDS) == 19
+    assert len(ids) == len(set(ids)) == len(EXPECTED_IDS) == 36
     assert set(ids) == EXPECTED_IDS
 
 
@@ -225,3 +243,16 @@ def test_honeybee_ids_resolve_to_the_tiny_honeybee_fixture_in_demo_mode(entry: c
     else:  # not trained yet: a clear error naming the fixture, not a fall-back to another model
         with pytest.raises(DemoModeError, match=r"demo fixture 'tiny-honeybee' is missing .* regenerate it"):
             resolve_model(entry.id, "vlm", demo=True)
+
+
+def test_stored_figures_are_those_of_the_built_architecture() -> None:
+    """fit plans catalog models from catalog_figures.json: it must match the configs (tools/catalog_figures.py)."""
+    import dataclasses
+
+    from mllm_nb.memory.architecture import census
+    from mllm_nb.memory.sizes import decoder_shape
+
+    for entry in ALL:
+        config = entry.build_config()
+        assert dict(entry.figures["census"]) == dataclasses.asdict(census(config)), entry.id
+        assert dict(entry.figures["decoder"]) == dataclasses.asdict(decoder_shape(config)), entry.id
