@@ -11,14 +11,8 @@ and every token id come from the given processor's stand-in tokenizer
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
-
-#: The catalog fragment these ids come from, until they are merged into ``mllm_nb/catalog.json``.
-FRAGMENT = Path(__file__).resolve().parents[1] / "tools" / "catalog_new" / "gemma_mllama.json"
 
 WIDTH = 32  # hidden size of every tower but Mllama's vision tower
 MLLAMA_VISION_WIDTH = 16  # its tile position embeddings hold 9 x 4 tiles x 1601 patches x width numbers
@@ -27,17 +21,13 @@ HEAD_DIM = WIDTH // HEADS
 
 
 def catalog_config(model_id: str) -> dict[str, Any]:
-    """The catalog config of ``model_id`` (from the catalog, else from the fragment), as a fresh dict."""
+    """The catalog config of ``model_id``, as a fresh dict."""
     from mllm_nb import catalog
 
     entry = catalog.get(model_id)
-    if entry is not None:
-        return entry.config_dict()
-    raw = json.loads(FRAGMENT.read_text(encoding="utf-8"))
-    for item in raw["entries"]:
-        if item["id"].lower() == model_id.lower():
-            return copy.deepcopy(item["config"])
-    raise KeyError(f"{model_id!r} is neither in the catalog nor in {FRAGMENT.name}")
+    if entry is None:
+        raise KeyError(f"{model_id!r} is not in the catalog")
+    return entry.config_dict()
 
 
 def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

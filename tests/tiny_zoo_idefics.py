@@ -10,15 +10,8 @@ size and every token id come from ``processor``'s tokenizer, normally the stand-
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any
-
-#: The catalog fragment these models come from (used until the entries are merged into ``catalog.json``).
-FRAGMENT = Path(__file__).resolve().parents[1] / "tools" / "catalog_new" / "idefics.json"
 
 MODEL_IDS = (
     "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
@@ -38,21 +31,14 @@ _TEXT_TOY = {
 }
 
 
-@cache
-def _fragment_configs() -> dict[str, dict[str, Any]]:
-    """Model id -> config of the entries in the catalog fragment."""
-    raw = json.loads(FRAGMENT.read_text(encoding="utf-8"))
-    return {entry["id"]: entry["config"] for entry in raw["entries"]}
-
-
 def catalog_config(model_id: str) -> dict[str, Any]:
-    """A fresh copy of the architecture config of ``model_id``: from the catalog, else from the fragment."""
+    """A fresh copy of the architecture config of ``model_id`` from the catalog."""
     from mllm_nb import catalog
 
     entry = catalog.get(model_id)
-    if entry is not None:
-        return entry.config_dict()
-    return copy.deepcopy(_fragment_configs()[model_id])
+    if entry is None:
+        raise KeyError(f"{model_id!r} is not in the catalog")
+    return entry.config_dict()
 
 
 def _token_ids(processor: Any) -> dict[str, int]:

@@ -9,15 +9,8 @@ token id are the stand-in tokenizer's, so the twin's prompts feed the tiny model
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any
-
-#: The catalog fragment these ids come from until they are merged into ``mllm_nb/catalog.json``.
-FRAGMENT = Path(__file__).resolve().parents[1] / "tools" / "catalog_new" / "qwen.json"
 
 QWEN2_VL_2B = "Qwen/Qwen2-VL-2B-Instruct"
 QWEN25_VL_3B = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -31,21 +24,14 @@ TEXT_WIDTH, TEXT_HEADS, TEXT_LAYERS = 32, 2, 2
 VISION_WIDTH, VISION_HEADS, VISION_DEPTH = 32, 2, 2
 
 
-@cache
-def _fragment() -> dict[str, dict[str, Any]]:
-    """The fragment's entries by lower-cased id."""
-    entries = json.loads(FRAGMENT.read_text(encoding="utf-8"))["entries"]
-    return {entry["id"].lower(): entry for entry in entries}
-
-
 def catalog_config(model_id: str) -> dict[str, Any]:
-    """A fresh copy of the real config of ``model_id``: from the catalog, else from the fragment."""
+    """A fresh copy of the real config of ``model_id`` from the catalog."""
     from mllm_nb import catalog
 
     entry = catalog.get(model_id)
-    if entry is not None:
-        return entry.config_dict()
-    return copy.deepcopy(_fragment()[model_id.lower()]["config"])
+    if entry is None:
+        raise KeyError(f"{model_id!r} is not in the catalog")
+    return entry.config_dict()
 
 
 def _token_ids(processor: Any) -> dict[str, int]:
