@@ -154,7 +154,10 @@ def test_llava_7b_in_4bit_fits_a_t4_with_about_4gb_of_weights() -> None:
     assert 3.6e9 <= report.weights_bytes <= 4.4e9
     assert report.fits and report.gpu_fits and report.ram_fits and report.margin_bytes > 0
     assert report.source == "catalog" and report.quantization == "4bit"
-    assert report.suggestions == ()
+    assert report.suggestions == (  # it fits: the one tip is the pre-quantized copy, which downloads less
+        "download the pre-quantized unsloth/llava-1.5-7b-hf-bnb-4bit instead (load_vlm('unsloth/llava-1.5-7b-hf-bnb-4bit')): "
+        "about 4.04 GB instead of 14.1 GB, the same 4-bit weights in memory",
+    )
 
 
 def test_llava_13b_in_4bit_has_7gb_of_weights_and_fits_a_t4() -> None:
