@@ -421,12 +421,33 @@ def _estimated_text_tokens(question: str, n_images: int) -> int:
     return TEMPLATE_TOKENS + math.ceil(len(question) / CHARS_PER_TOKEN) + IMAGE_SEPARATOR_TOKENS * n_images
 
 
+def _folder_processor(resolved: Any) -> Any:
+    """The processor saved in a local checkpoint folder, or None (no processor files, or it cannot be built)."""
+    from pathlib import Path
+
+    folder = Path(resolved.model_id)
+    if resolved.source != "local config" or not any(
+        (folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")
+    ):
+        return None
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(folder)
+    except (OSError, ValueError, TypeError, KeyError, ImportError):
+        return None
+
+
 def _id_image_tokens(resolved: Any, sizes: list[tuple[int, int]]) -> tuple[tuple[int, ...], str, list[str], bool]:
     """(tokens per image, how they were counted, notes, anyres) for a model id: its processor twin when the
     catalog (or a catalog twin of its config) has one, else the processor rules applied to the config."""
     from mllm_nb.memory.tokens import catalog_twin
     from mllm_nb.memory.twins import image_token_counts, processor_twin
 
+    own = _folder_processor(resolved)
+    if own is not None:  # a local checkpoint: its own processor counts
+        anyres = getattr(resolved.config, "model_type", "") in ANYRES_FAMILIES
+        return image_token_counts(own, sizes), f"{type(own).__name__} (the checkpoint's own processor, run)", [], anyres
     entry = resolved.entry or catalog_twin(resolved.config)
     if entry is not None and entry.processor:
         counts = image_token_counts(processor_twin(entry), sizes)

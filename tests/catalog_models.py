@@ -87,19 +87,12 @@ def processor_from_catalog(model_id: str):
         return tf.LlavaNextProcessor(image_processor=image_processor, patch_size=patch,
                                      num_additional_image_tokens=int(clip), **common)
 
-    class OnevisionWithoutVideo(tf.LlavaOnevisionProcessor):
-        """The OneVision processor without its video processor (that one needs torchvision)."""
-
-        @classmethod
-        def get_attributes(cls) -> list[str]:
-            return ["image_processor", "tokenizer"]
-
     image_processor = tf.LlavaOnevisionImageProcessorPil(
         size={"height": side, "width": side}, image_grid_pinpoints=pinpoints
     )
-    return OnevisionWithoutVideo(
-        image_processor=image_processor, video_processor=None, num_image_tokens=(side // patch) ** 2,
-        vision_aspect_ratio=config["vision_aspect_ratio"], **common,
+    return tf.LlavaOnevisionProcessor(
+        image_processor=image_processor, video_processor=tf.LlavaOnevisionVideoProcessor(),
+        num_image_tokens=(side // patch) ** 2, vision_aspect_ratio=config["vision_aspect_ratio"], **common,
     )
 
 

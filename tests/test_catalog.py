@@ -256,3 +256,14 @@ def test_stored_figures_are_those_of_the_built_architecture() -> None:
         config = entry.build_config()
         assert dict(entry.figures["census"]) == dataclasses.asdict(census(config)), entry.id
         assert dict(entry.figures["decoder"]) == dataclasses.asdict(decoder_shape(config)), entry.id
+
+
+@pytest.mark.parametrize("entry", [e for e in ALL if e.processor], ids=lambda e: e.id)
+def test_stated_image_tokens_are_what_the_processor_twin_counts(entry: catalog.CatalogEntry) -> None:
+    """base: a small image; max: no image size costs more (the figures fit plans with)."""
+    from mllm_nb.memory.twins import image_token_counts, processor_twin
+
+    twin = processor_twin(entry)
+    assert image_token_counts(twin, [(64, 64)]) == (entry.image_tokens.base,)
+    sizes = [(640, 480), (300, 900), (1920, 1080), (4096, 4096), (8000, 1000), (1000, 8000)]
+    assert max(image_token_counts(twin, [size])[0] for size in sizes) <= entry.image_tokens.max

@@ -3,9 +3,11 @@
 Each model is the catalog config shrunk (tiny towers, a stand-in vocabulary) with the real processor class
 and the checkpoint's image settings (``mllm_nb.memory.twins``), so the prompts the processor writes are the
 ones the real checkpoint gets, and the model's forward pass rejects any mismatch between image tokens and
-image features. The LLaVA families and Honeybee are covered the same way in test_budget / test_vlm /
-test_honeybee_*; this matrix covers Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, PaliGemma 2, Mllama,
-SmolVLM 2, Idefics3, InternVL and Mistral3.
+image features. Rows: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, PaliGemma 2, Mllama, SmolVLM 2, Idefics3,
+InternVL, Mistral3 and Aya Vision (processor twins), and LLaVA-1.5, LLaVA-NeXT, OneVision, Interleave
+(their processors rebuilt from the catalog config, ``catalog_models``) and Honeybee (the project's processor).
+For the last five, ``budget(model_id)`` applies the processor rules of ``mllm_nb.memory.tokens``, which count the
+image tokens themselves (Honeybee's template also gives each image a line of its own, which counts as text there).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from catalog_models import FAMILIES as LLAVA_FAMILIES  # noqa: E402
+from catalog_models import tiny_vlm as llava_vlm  # noqa: E402
 from PIL import Image  # noqa: E402
 from tiny_zoo_gemma_mllama import TINY as GEMMA_MLLAMA  # noqa: E402
 from tiny_zoo_idefics import TINY as IDEFICS  # noqa: E402
@@ -38,7 +42,10 @@ for _model_id in ZOO:
     _entry = catalog.get(_model_id)
     if _entry is not None:
         ARCHITECTURES.setdefault(_entry.architecture, _model_id)
-ROWS = sorted(ARCHITECTURES.values())
+HONEYBEE = "kakaobrain/honeybee-7B-C-Abs-M144"
+#: Rows whose model-id budget uses the processor rules (image tokens only) instead of a processor twin.
+RULE_ROWS = (*LLAVA_FAMILIES, HONEYBEE)
+ROWS = sorted(ARCHITECTURES.values()) + list(RULE_ROWS)
 
 RED, BLUE, GREEN = (200, 30, 30), (30, 30, 200), (30, 160, 30)
 
@@ -50,13 +57,34 @@ def picture(width: int, height: int, color: tuple[int, int, int] = RED) -> Image
 _BUILT: dict[str, VLM] = {}
 
 
+def _honeybee_vlm() -> VLM:
+    from tiny_honeybee import tiny_config, tiny_processor
+
+    import mllm_nb.honeybee as hb
+
+    torch.manual_seed(0)
+    model = hb.HoneybeeForConditionalGeneration(tiny_config()).eval()
+    return VLM(model=model, processor=tiny_processor(), name=HONEYBEE)
+
+
 def tiny_vlm(model_id: str) -> VLM:
-    """The tiny model of ``model_id`` with its processor twin (built once per session)."""
+    """The tiny model of ``model_id`` with its processor (built once per session)."""
     if model_id not in _BUILT:
-        entry = catalog.get(model_id)
-        processor = build_processor(entry.processor, entry.config["model_type"])
-        _BUILT[model_id] = VLM(model=ZOO[model_id](processor), processor=processor, name=model_id)
+        if model_id in LLAVA_FAMILIES:
+            _BUILT[model_id] = llava_vlm(model_id, context=32768)  # room for several anyres images
+        elif model_id == HONEYBEE:
+            _BUILT[model_id] = _honeybee_vlm()
+        else:
+            entry = catalog.get(model_id)
+            processor = build_processor(entry.processor, entry.config["model_type"])
+            _BUILT[model_id] = VLM(model=ZOO[model_id](processor), processor=processor, name=model_id)
     return _BUILT[model_id]
+
+
+def image_token_ids(vlm: VLM, inputs) -> int:
+    """How many image-token ids the processor wrote (what the processor rules count)."""
+    token_id = getattr(vlm.processor, "image_token_id", None) or vlm.model.config.image_token_id
+    return int((inputs["input_ids"] == token_id).sum())
 
 
 def processor_image_cost(vlm: VLM, images: list[Image.Image], question: str) -> int:
@@ -97,13 +125,21 @@ def test_budget_counts_what_the_processor_writes(model_id):
         loaded = mn.budget(vlm, images, "What is it?", max_new_tokens=4)
         planned = mn.budget(model_id, sizes, "What is it?", max_new_tokens=4)
         cost = processor_image_cost(vlm, images, "What is it?")
-        assert loaded.image_tokens_total == cost == sum(planned.image_tokens), sizes
-        assert loaded.image_tokens == planned.image_tokens, sizes  # per image, the same on both paths
         inputs = vlm.prepare(images, "What is it?")
+        assert loaded.image_tokens_total == cost and sum(loaded.image_tokens) == cost, sizes
         assert loaded.prompt_tokens == inputs["input_ids"].shape[1]  # image + text = what the model is fed
+        if model_id == HONEYBEE:  # the tiny Honeybee has 4 queries; the catalog's real one 144
+            assert planned.image_tokens == (catalog.get(HONEYBEE).image_tokens.max,) * len(sizes)
+            assert image_token_ids(vlm, inputs) == vlm.model.config.num_visual_tokens * len(sizes)
+        elif model_id in RULE_ROWS:
+            assert sum(planned.image_tokens) == image_token_ids(vlm, inputs), sizes
+            assert loaded.image_tokens == planned.image_tokens, sizes
+        else:
+            assert loaded.image_tokens == planned.image_tokens, sizes  # per image, the same on both paths
     report = mn.fit(model_id, target="t4")
     entry = catalog.get(model_id)
     assert report.image_tokens_max == entry.image_tokens.max >= max(planned.image_tokens)
+    assert report.image_tokens_max >= max(loaded.image_tokens) or model_id == HONEYBEE
     assert report.download_bytes == sum(entry.shard_bytes)
 
 
@@ -158,3 +194,14 @@ def test_every_catalog_chat_model_plans_offline_and_has_a_demo_stand_in(capsys):
     out = capsys.readouterr().out
     assert "DEMO MODE" in out and "standing in for Qwen2_5_VLForConditionalGeneration" in out
     assert vlm.ask(picture(64, 64), "What color is the shape?")
+
+
+@pytest.mark.parametrize("model_id", ROWS[:3] + [LLAVA_FAMILIES[0]])
+def test_a_saved_checkpoint_is_counted_by_its_own_processor(model_id, tmp_path):
+    vlm = tiny_vlm(model_id)
+    vlm.model.save_pretrained(tmp_path)
+    vlm.processor.save_pretrained(tmp_path)
+    sizes = [(640, 480), (300, 900)]
+    report = mn.budget(tmp_path, sizes, "What is it?", max_new_tokens=4)
+    assert "the checkpoint's own processor" in report.source
+    assert report.image_tokens == mn.budget(vlm, [picture(*s) for s in sizes], "What is it?").image_tokens
