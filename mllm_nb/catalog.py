@@ -1,8 +1,11 @@
 """A curated catalog of multimodal checkpoints: what each one is, how big, and when to use it.
 
 The facts live in ``catalog.json`` next to this module (data, not code): parameter counts, image-token
-budgets, context length, licence, shard sizes and the full architecture config, which builds with
-transformers 5 so the fit planner (``mllm_nb.plan``) can size a model without downloading it.
+budgets, context length, licence, shard sizes, known pre-quantized 4-bit copies, the full architecture config
+(it builds with transformers 5) and, for the newer families, the processor facts that
+:mod:`mllm_nb.memory.twins` builds the real processor class from. ``catalog_figures.json`` holds what the
+planner derives from each config (written by ``tools/catalog_figures.py``), so ``mllm_nb.plan.fit`` sizes a
+catalog model without downloading, building or even importing transformers.
 
 >>> from mllm_nb import catalog
 >>> catalog.get("LLAVA-HF/llava-1.5-7b-hf").family
