@@ -218,6 +218,21 @@ def get(model_id: str) -> CatalogEntry | None:
     return _by_id().get(str(model_id).strip().lower())
 
 
+@cache
+def _by_prequantized_id() -> dict[str, CatalogEntry]:
+    """Lower-cased id of a pre-quantized copy -> the entry of its original."""
+    return {copy_id.lower(): entry for entry in _load() for copy_id in entry.prequantized}
+
+
+def original_of(model_id: str) -> CatalogEntry | None:
+    """The catalog entry whose pre-quantized 4-bit copy ``model_id`` is (e.g. an unsloth ``-bnb-4bit`` repo), or None.
+
+    >>> original_of("unsloth/Qwen2.5-VL-7B-Instruct-bnb-4bit").id
+    'Qwen/Qwen2.5-VL-7B-Instruct'
+    """
+    return _by_prequantized_id().get(str(model_id).strip().lower())
+
+
 def entries(family: str | None = None) -> list[CatalogEntry]:
     """Every entry in catalog order, or only those of one ``family`` (e.g. ``"llava_next"``).
 

@@ -104,6 +104,7 @@ class FitReport(Report):
     architecture: str = ""
     download_bytes: int | None = None  # the checkpoint's weight files; None: unknown
     prequantized_download_bytes: int | None = None  # the catalog's pre-quantized 4-bit copy, where there is one
+    prequantized: bool = False  # the checkpoint itself is saved in 4-bit
 
     @property
     def kv_bytes(self) -> int:
@@ -232,7 +233,9 @@ class FitReport(Report):
         if self.download_bytes is None:
             return "unknown (the weight files' sizes are not known)"
         text = f"{format_bytes(self.download_bytes)} of weight files"
-        if self.quantization:
+        if self.prequantized:
+            text += " (saved in 4-bit)"
+        elif self.quantization:
             text += " (quantized while loading)"
         if self.prequantized_download_bytes is not None:
             text += f"; about {format_bytes(self.prequantized_download_bytes)} as a pre-quantized 4-bit copy"
@@ -314,6 +317,7 @@ def _assess(req: _Request) -> FitReport:
         architecture=counted.architecture,
         download_bytes=model.download_bytes,
         prequantized_download_bytes=_prequantized_bytes(model, req.quantization),
+        prequantized=model.prequantized,
     )
     return _with_verdict(report)
 
@@ -327,7 +331,7 @@ def _image_tokens(model: ResolvedModel, n_images: int) -> tuple[int, int]:
 
 def _prequantized_bytes(model: ResolvedModel, quantization: str | None) -> int | None:
     """What the catalog's pre-quantized 4-bit copy downloads: 4-bit weights, the rest in the stored dtype."""
-    if quantization != "4bit" or model.entry is None or not model.entry.prequantized:
+    if quantization != "4bit" or model.entry is None or not model.entry.prequantized or model.prequantized:
         return None
     stored = model.entry.stored_dtype if model.entry.stored_dtype in DTYPE_BYTES else "bfloat16"
     return weight_bytes(model.census, "4bit", stored)[0]
@@ -475,8 +479,11 @@ def fit(
     >>> r.fits, r.compute_dtype
     (True, 'float16')
     """
+    resolved = resolve_model(model)
+    if resolved.prequantized and parse_quantization(quantization) != "4bit":
+        raise PlanError(f"{resolved.model_id} is saved in 4-bit ({resolved.source}); plan it with quantization='4bit'.")
     req = _Request(
-        model=resolve_model(model),
+        model=resolved,
         quantization=parse_quantization(quantization),
         dtype=parse_dtype(dtype),
         target=resolve_target(target),

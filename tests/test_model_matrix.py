@@ -190,6 +190,9 @@ def test_every_catalog_chat_model_plans_offline_and_has_a_demo_stand_in(capsys):
         assert report.weights_bytes > 0 and report.image_tokens_max == entry.image_tokens.per_image(1)
         path, is_fixture = resolve_model(entry.id, "vlm", demo=True)
         assert is_fixture and Path(path).is_dir()
+        for copy_id in entry.prequantized:  # the pre-quantized copies fit suggests work offline too
+            assert resolve_model(copy_id, "vlm", demo=True) == (path, True)
+            assert mn.fit(copy_id, target="t4").prequantized
     vlm = mn.load_vlm("Qwen/Qwen2.5-VL-3B-Instruct", demo=True)
     out = capsys.readouterr().out
     assert "DEMO MODE" in out and "standing in for Qwen2_5_VLForConditionalGeneration" in out

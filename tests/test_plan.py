@@ -563,3 +563,13 @@ def test_a_config_transformers_cannot_build_is_reported_with_its_own_error(monke
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
     with pytest.raises(PlanError, match="could not build LlamaConfig .AttributeError: .*adapter_layer_norm_eps"):
         fit(config)
+
+
+def test_a_known_pre_quantized_copy_plans_offline_in_4bit_only() -> None:
+    copy = fit("unsloth/Qwen2.5-VL-7B-Instruct-bnb-4bit", target="t4")
+    original = fit("Qwen/Qwen2.5-VL-7B-Instruct", target="t4")
+    assert copy.download_text().endswith("(saved in 4-bit)") and copy.prequantized
+    assert copy.weights_bytes == original.weights_bytes and copy.download_bytes == original.prequantized_download_bytes
+    assert copy.download_bytes < original.download_bytes / 2 and not copy.suggestions
+    with pytest.raises(PlanError, match="is saved in 4-bit .* quantization='4bit'"):
+        fit("unsloth/Qwen2.5-VL-7B-Instruct-bnb-4bit", quantization=None, target="t4")

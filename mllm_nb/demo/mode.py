@@ -95,7 +95,7 @@ def _catalog_stand_in(model_id: str, task: str) -> str | None:
     """The fixture standing in for any other catalog chat model (Qwen-VL, Gemma 3, ...): the tiny LLaVA."""
     from mllm_nb import catalog
 
-    entry = catalog.get(model_id)
+    entry = catalog.get(model_id) or catalog.original_of(model_id)
     if task != "vlm" or entry is None or entry.family in ("clip", "siglip"):
         return None
     return "tiny-llava"

@@ -46,6 +46,7 @@ class ResolvedModel:
     pickled: bool = False
     entry: catalog.CatalogEntry | None = None
     download_bytes: int | None = None  # the weight files' total size, None: unknown
+    prequantized: bool = False  # saved in 4-bit by bitsandbytes (planned in 4-bit only)
 
     @cached_property
     def config(self) -> PretrainedConfig:
@@ -131,7 +132,7 @@ def _from_folder(folder: Path) -> ResolvedModel:
     sizes = [f.stat().st_size for f in files]
     largest = max(sizes, default=None)
     return ResolvedModel(str(folder), "local config", config, largest, pickled and bool(files),
-                         download_bytes=sum(sizes) if sizes else None)
+                         download_bytes=sum(sizes) if sizes else None, prequantized=_saved_quantized(config))
 
 
 def _offline_error(model_id: str) -> PlanError:
@@ -178,7 +179,17 @@ def _from_hub(model_id: str) -> ResolvedModel:
     except _GENERIC_ERRORS as exc:
         raise PlanError(f"The config.json of '{model_id}' could not be read ({exc}); pass a local folder.") from exc
     largest, total = _hub_shards(model_id, config)
-    return ResolvedModel(model_id, "hub config", config, largest, download_bytes=total)
+    return ResolvedModel(model_id, "hub config", config, largest, download_bytes=total,
+                         prequantized=_saved_quantized(config))
+
+
+def _saved_quantized(config: PretrainedConfig) -> bool:
+    """Whether the checkpoint was saved in 4-bit by bitsandbytes (its config carries the quantization)."""
+    stored = getattr(config, "quantization_config", None)
+    if stored is None:
+        return False
+    settings = stored if isinstance(stored, dict) else stored.to_dict()
+    return bool(settings.get("load_in_4bit"))
 
 
 def _hub_shards(model_id: str, config: PretrainedConfig) -> tuple[int, int]:
@@ -196,6 +207,18 @@ def _from_catalog(entry: catalog.CatalogEntry) -> ResolvedModel:
     """A catalog model: its stored config, figures and shard sizes, nothing downloaded or built."""
     largest = max(entry.shard_bytes, default=None)
     return ResolvedModel(entry.id, "catalog", None, largest, entry=entry, download_bytes=sum(entry.shard_bytes) or None)
+
+
+def _from_prequantized_copy(model_id: str, entry: catalog.CatalogEntry) -> ResolvedModel:
+    """A known pre-quantized 4-bit copy of a catalog model: the original's figures, 4-bit sized files."""
+    from mllm_nb.memory.sizes import weight_bytes
+
+    original = _from_catalog(entry)
+    stored = entry.stored_dtype if entry.stored_dtype in DTYPE_BYTES else "bfloat16"
+    size = weight_bytes(original.census, "4bit", stored)[0]
+    source = f"catalog: pre-quantized 4-bit copy of {entry.id}"
+    return ResolvedModel(model_id, source, None, min(size, DEFAULT_SHARD_BYTES), entry=entry, download_bytes=size,
+                         prequantized=True)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -219,6 +242,9 @@ def resolve_model(model: Any) -> ResolvedModel:
         entry = None if is_folder else catalog.get(str(model))
         if entry is not None:  # planned from stored figures: no torch, no transformers
             return _from_catalog(entry)
+        original = None if is_folder else catalog.original_of(str(model))
+        if original is not None:
+            return _from_prequantized_copy(str(model), original)
     from transformers import PretrainedConfig
 
     register_project_models()  # local Honeybee configs need their model type registered
