@@ -38,8 +38,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +58,10 @@ from mllm_nb.settings import GenerationSettings
 THUMBNAIL_SIZE = 96
 #: At most this many view refreshes per second while streaming.
 _REFRESH_PER_SECOND = 20
+#: ``clear()`` waits at most this long for a reply to stop (it runs on the kernel's thread).
+CLEAR_WAIT_SECONDS = 5.0
+#: Threads whose warnings and log records go to a panel instead of the kernel's stdout/stderr.
+WORKER_THREAD_PREFIX = "mllm_nb-"
 
 
 class ChatPanelError(MllmNbError):
@@ -99,6 +106,9 @@ class ChatPanel:
         self._last_refresh = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._send_lock = threading.Lock()  # the busy check and the start of a reply are one step
+        #: Warnings and log lines the worker threads produced (shown in the status line, never printed).
+        self.notes: list[str] = []
         self._fragments: dict[int, tuple[Turn, str]] = {}
         self._build(title, max_new_tokens, do_sample, temperature, top_p)
         self._set_busy(False)
@@ -124,31 +134,42 @@ class ChatPanel:
         self.header = widgets.HTML(
             f"<b>{html.escape(title)}</b> <span style='color:{colour}'>{html.escape(about)}</span>"
         )
-        self.view = widgets.HTML(layout=widgets.Layout(width="100%", max_height="480px", overflow="auto"))
+        # column-reverse keeps the scroll position at the newest message while it grows (no JavaScript needed);
+        # "auto" widths fill the panel without the horizontal overflow that "100%" plus margins gives
+        self.view = widgets.HTML(layout=widgets.Layout(
+            width="auto", max_height="480px", overflow="auto", display="flex", flex_flow="column-reverse"
+        ))
         self.attachments = widgets.HTML()
         self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Images")
-        self.source_box = widgets.Text(placeholder="or an image path / URL", layout=widgets.Layout(width="40%"))
-        self.add_button = widgets.Button(description="Add", layout=widgets.Layout(width="auto"))
-        self.remove_images_button = widgets.Button(description="Remove images", layout=widgets.Layout(width="auto"))
-        self.prompt_box = widgets.Textarea(
-            placeholder="Ask about the images, then press Send", rows=3, layout=widgets.Layout(width="100%")
+        self.source_box = widgets.Text(
+            placeholder="or an image path / URL", layout=widgets.Layout(flex="1 1 200px", min_width="160px")
         )
-        self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
-        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop")
-        self.regenerate_button = widgets.Button(description="Regenerate", icon="repeat")
-        self.clear_button = widgets.Button(description="Clear", icon="trash")
+        self.add_button = widgets.Button(description="Add", layout=_button_layout())
+        self.remove_images_button = widgets.Button(description="Remove images", layout=_button_layout())
+        self.prompt_box = widgets.Textarea(
+            placeholder="Ask about the images, then press Send", rows=3, layout=widgets.Layout(width="auto")
+        )
+        #: The last error, next to the prompt where the person is looking (also in the conversation).
+        self.error_line = widgets.HTML()
+        self.send_button = widgets.Button(
+            description="Send", button_style="primary", icon="paper-plane", layout=_button_layout()
+        )
+        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", layout=_button_layout())
+        self.regenerate_button = widgets.Button(description="Regenerate", icon="repeat", layout=_button_layout())
+        self.clear_button = widgets.Button(description="Clear", icon="trash", layout=_button_layout())
         style = {"description_width": "initial"}
         self.max_tokens_slider = widgets.IntSlider(
             value=max_new_tokens, min=1, max=max(2048, max_new_tokens), description="max new tokens",
-            continuous_update=False, style=style,
+            continuous_update=False, style=style, layout=_slider_layout(),
         )
         self.sampling_box = widgets.Checkbox(value=do_sample, description="sampling", indent=False)
         self.temperature_slider = widgets.FloatSlider(
             value=temperature, min=min(0.05, temperature), max=max(2.0, temperature), step=0.05, description="temperature",
-            continuous_update=False, style=style,
+            continuous_update=False, style=style, layout=_slider_layout(),
         )
         self.top_p_slider = widgets.FloatSlider(
-            value=top_p, min=min(0.05, top_p), max=1.0, step=0.05, description="top-p", continuous_update=False, style=style
+            value=top_p, min=min(0.05, top_p), max=1.0, step=0.05, description="top-p", continuous_update=False, style=style,
+            layout=_slider_layout(),
         )
         self.status = widgets.HTML()
         self._tooltips()
@@ -157,12 +178,13 @@ class ChatPanel:
             self.header,
             self.view,
             self.attachments,
-            widgets.HBox([self.upload, self.source_box, self.add_button, self.remove_images_button]),
+            _row([self.upload, self.source_box, self.add_button, self.remove_images_button]),
             self.prompt_box,
-            widgets.HBox([self.send_button, self.stop_button, self.regenerate_button, self.clear_button]),
-            widgets.HBox([self.max_tokens_slider, self.sampling_box, self.temperature_slider, self.top_p_slider]),
+            self.error_line,
+            _row([self.send_button, self.stop_button, self.regenerate_button, self.clear_button]),
+            _row([self.max_tokens_slider, self.sampling_box, self.temperature_slider, self.top_p_slider]),
             self.status,
-        ])
+        ], layout=widgets.Layout(width="auto"))
         self._sampling_changed()
 
     def _tooltips(self) -> None:
@@ -222,10 +244,11 @@ class ChatPanel:
         >>> panel.send("What colour is the circle?", images="scene.png")  # doctest: +SKIP
         'red'
         """
-        if self.busy:
-            raise ChatPanelError("A reply is still streaming; call panel.stop() or panel.wait() first.")
-        if not self._start(text, images, from_inputs=False):
-            return None
+        with self._send_lock:
+            if self.busy:
+                raise ChatPanelError("A reply is still streaming; call panel.stop() or panel.wait() first.")
+            if not self._start(text, images, from_inputs=False):
+                return None
         return self._result() if wait else None
 
     def regenerate(self, wait: bool = True) -> str | None:
@@ -233,10 +256,11 @@ class ChatPanel:
 
         >>> panel.regenerate()  # doctest: +SKIP
         """
-        if self.busy:
-            raise ChatPanelError("A reply is still streaming; call panel.stop() or panel.wait() first.")
-        if not self._regenerate():
-            return None
+        with self._send_lock:
+            if self.busy:
+                raise ChatPanelError("A reply is still streaming; call panel.stop() or panel.wait() first.")
+            if not self._regenerate():
+                return None
         return self._result() if wait else None
 
     def stop(self) -> None:
@@ -266,7 +290,12 @@ class ChatPanel:
         """
         if self.busy:
             self.stop()
-            self.wait()
+            if not self.wait(CLEAR_WAIT_SECONDS):  # never block the kernel: leave the reply to end on its own
+                self._fail(ChatPanelError(
+                    f"The reply did not stop within {CLEAR_WAIT_SECONDS:.0f} s; press Clear again once the status "
+                    "says stopped."
+                ))
+                return
         self.conversation.clear()
         self._pending.clear()
         self._fragments.clear()
@@ -285,13 +314,15 @@ class ChatPanel:
     # ------------------------------------------------------------------------------ the inputs
 
     def _send_from_inputs(self) -> None:
-        if self.busy:  # the button is disabled while streaming; a late click does nothing
-            return
-        self._start(self.prompt_box.value, None, from_inputs=True)
+        with self._send_lock:
+            if self.busy:  # the button is disabled while streaming; a late click does nothing
+                return
+            self._start(self.prompt_box.value, None, from_inputs=True)
 
     def _regenerate_from_button(self) -> None:
-        if not self.busy:
-            self._regenerate()
+        with self._send_lock:
+            if not self.busy:
+                self._regenerate()
 
     def _uploaded(self, value: Any) -> None:
         from mllm_nb.images import iter_upload, load_image
@@ -369,10 +400,14 @@ class ChatPanel:
 
     def _launch(self, stream: Iterator[str], restore: tuple[str, list[Image.Image]] | None) -> None:
         self.error = None
+        self.notes = []
         self._stop.clear()
         self._partial, self._pieces = "", 0
         self._started = time.monotonic()
-        self._thread = threading.Thread(target=self._work, args=(stream, restore), name="mllm_nb-chat", daemon=True)
+        self._thread = threading.Thread(
+            target=self._work, args=(stream, restore), name=WORKER_THREAD_PREFIX + "chat", daemon=True
+        )
+        route_worker_output(self)
         self._set_busy(True)
         self._render()
         self._set_status("generating")
@@ -388,9 +423,9 @@ class ChatPanel:
                 self._refresh()
             state = "stopped" if self._stop.is_set() else "done"
         except BaseException as err:  # noqa: BLE001 - shown in the panel; the panel stays usable
-            if restore is not None:
+            if restore is not None:  # exactly what was sent, ready to retry: nothing appended to it
                 self.prompt_box.value = restore[0]
-                self._pending = restore[1] + self._pending
+                self._pending = list(restore[1])
                 self._render_attachments()
             self._fail(err)
             state = None
@@ -438,7 +473,16 @@ class ChatPanel:
             parts += [f"{count} {noun}", f"{count / elapsed:.1f} tokens/s", f"{elapsed:.1f} s"]
         elif state == "error" and self.error:
             parts.append(html.escape(self.error))
+        if self.notes and state != "error":
+            parts.append(f"<span style='color:#b45309'>note: {html.escape(self.notes[-1])}</span>")
         self.status.value = " · ".join(parts)
+
+    def note(self, text: str) -> None:
+        """Show a warning that arose while answering (from a worker thread) in the status line, not on stderr.
+
+        >>> panel.note("MultiImageWarning: several images")  # doctest: +SKIP
+        """
+        self.notes.append(" ".join(str(text).split())[:300])
 
     def _render(self) -> None:
         blocks, number = [], 0
@@ -460,6 +504,9 @@ class ChatPanel:
         if not blocks:
             blocks.append("<div style='color:#888'>Attach images, type a question and press Send.</div>")
         self.view.value = "<div style='font-family:sans-serif;font-size:14px'>" + "".join(blocks) + "</div>"
+        self.error_line.value = (
+            "<div style='color:#b91c1c'><b>Error:</b> " + html.escape(self.error) + "</div>" if self.error else ""
+        )
 
     def _fragment(self, turn: Turn, first_image: int) -> tuple[Turn, str]:
         """The HTML of one finished turn, rendered once (thumbnails are the costly part)."""
@@ -484,6 +531,78 @@ class ChatPanel:
         self.remove_images_button.disabled = False
 
 
+# ------------------------------------------------------------------------------------ worker output
+
+_ROUTE_LOCK = threading.Lock()
+_route_target: Any = None  # weakref to the panel that launched the latest reply
+
+
+def route_worker_output(panel: ChatPanel) -> None:
+    """Send warnings and log records raised in mllm_nb's worker threads to ``panel.note`` from now on.
+
+    A thread writing to stdout/stderr can freeze ipykernel 6.29 (its ``parent_header`` lookup spins), so the
+    panel's threads never write there: ``warnings.showwarning`` is wrapped once, and every logging handler
+    that exists when a reply starts gets a filter; both pass everything from other threads through unchanged.
+
+    >>> route_worker_output(panel)  # doctest: +SKIP
+    """
+    global _route_target
+    with _ROUTE_LOCK:
+        _route_target = weakref.ref(panel)
+        if not getattr(warnings.showwarning, "routes_mllm_nb_workers", False):  # again after a catch_warnings
+            _wrap_showwarning()
+        _filter_handlers()
+
+
+def _in_worker() -> bool:
+    return threading.current_thread().name.startswith(WORKER_THREAD_PREFIX)
+
+
+def _to_panel(text: str) -> None:
+    panel = _route_target() if _route_target is not None else None
+    if panel is not None:
+        panel.note(text)
+
+
+class _WorkerLogFilter(logging.Filter):
+    """Keeps log records of worker threads off the handlers (they go to the panel instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName.startswith(WORKER_THREAD_PREFIX):
+            _to_panel(f"{record.levelname.lower()}: {record.getMessage()}")
+            return False
+        return True
+
+
+_LOG_FILTER = _WorkerLogFilter()
+
+
+def _wrap_showwarning() -> None:
+    original = warnings.showwarning
+
+    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                    line: str | None = None) -> None:
+        if _in_worker():
+            _to_panel(f"{category.__name__}: {message}")
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    showwarning.routes_mllm_nb_workers = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
+
+
+def _filter_handlers() -> None:
+    """Add the worker filter to every handler of every logger (and logging's last resort) that lacks it."""
+    loggers = [logging.getLogger(), *(value for value in list(logging.root.manager.loggerDict.values())
+                                      if isinstance(value, logging.Logger))]
+    handlers = [handler for logger in loggers for handler in logger.handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for handler in handlers:
+        if _LOG_FILTER not in handler.filters:
+            handler.addFilter(_LOG_FILTER)
+
+
 # ------------------------------------------------------------------------------------ helpers
 
 
@@ -503,6 +622,21 @@ def one_sentence(err: BaseException) -> str:
         )
     detail = f": {text[:200]}" if text else ""
     return f"The model failed ({type(err).__name__}{detail}); check the inputs and settings, then try again."
+
+
+def _button_layout() -> widgets.Layout:
+    """Buttons as wide as their label (never cut to "A…"), not narrower than a finger."""
+    return widgets.Layout(width="auto", min_width="72px")
+
+
+def _slider_layout() -> widgets.Layout:
+    """Sliders that keep a usable track when the row wraps on a narrow window."""
+    return widgets.Layout(flex="1 1 240px", min_width="220px", max_width="420px")
+
+
+def _row(children: list[widgets.Widget]) -> widgets.HBox:
+    """A row that wraps onto a second line instead of squeezing its widgets on a narrow window."""
+    return widgets.HBox(children, layout=widgets.Layout(flex_flow="row wrap", width="auto", align_items="center"))
 
 
 def _bubble(role: str, body: str, colour: str) -> str:

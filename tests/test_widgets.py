@@ -358,3 +358,98 @@ def test_panel_on_the_tiny_local_llava(tmp_path):
     assert reply == vlm.ask(RED, "w1 w2", max_new_tokens=8)
     assert panel.transcript() == f"USER: [image 1] w1 w2\nASSISTANT: {reply}"
     assert re.search(r"<b>done</b> · 8 tokens · ", panel.status.value)
+
+
+# ------------------------------------------------------------------------------ a real kernel's threads
+
+
+class Noisy(Backend):
+    """Warns and logs from the worker thread, as transformers and the multi-image check do."""
+
+    name = "noisy"
+
+    def stream(self, chat, images=None, *, stop_event=None, **settings):
+        import logging
+        import warnings
+
+        warnings.warn("several images for a model not trained on them", UserWarning, stacklevel=1)
+        logging.getLogger("transformers.generation").warning("Setting pad_token_id to eos_token_id")
+        yield "red"
+
+
+def test_worker_threads_never_write_to_stdout_or_stderr(capfd):
+    """ipykernel 6.29 can freeze when a thread writes to its streams: warnings and logs become panel notes."""
+    import logging
+    import warnings
+
+    logging.getLogger("transformers.generation").addHandler(logging.StreamHandler())  # like transformers' own
+    panel = ChatPanel(Noisy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert panel.send("hi") == "red"
+    out, err = capfd.readouterr()
+    assert (out + err).strip() == ""
+    assert any("several images" in note for note in panel.notes)
+    assert any("pad_token_id" in note for note in panel.notes)
+    assert "note:" in panel.status.value and "pad_token_id" in panel.status.value
+    with warnings.catch_warnings(record=True) as caught:  # the kernel's own thread still warns as usual
+        warnings.simplefilter("always")
+        warnings.warn("main thread", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["main thread"]
+
+
+def test_concurrent_sends_never_interleave():
+    """150 pairs of sends at the same moment: each is answered in turn or refused, never interleaved."""
+    panel = ChatPanel(Scripted(words=("a", "b"), delay=0.002))
+    answered = refused = 0
+    for trial in range(150):
+        barrier, outcomes = threading.Barrier(2), []
+
+        def send(question: str) -> None:
+            barrier.wait()
+            try:
+                outcomes.append(panel.send(question))
+            except ChatPanelError:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=send, args=(f"q{trial}-{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(outcomes) == 2 and outcomes.count("a b") >= 1, (trial, outcomes)
+        answered += outcomes.count("a b")
+        refused += outcomes.count("refused")
+    roles = [turn.role for turn in panel.conversation.turns]
+    assert roles == ["user", "assistant"] * answered  # never USER / USER / ASSISTANT / ASSISTANT
+    assert answered + refused == 300 and refused > 0
+
+
+def test_clear_never_blocks_the_kernel_on_a_reply_that_ignores_stop(monkeypatch):
+    import mllm_nb.widgets as widgets_module
+
+    monkeypatch.setattr(widgets_module, "CLEAR_WAIT_SECONDS", 0.3)
+    panel = ChatPanel(Scripted(words=["a", "b"], delay=0.8, obey_stop=False))  # "b" comes 0.8 s after Stop
+    panel.send("tell me", wait=False)
+    wait_until(lambda: panel._partial)
+    start = time.monotonic()
+    panel.clear()
+    assert time.monotonic() - start < 1.5
+    assert "did not stop within" in panel.error and len(panel.conversation) >= 1  # nothing cleared yet
+    assert panel.wait(10)
+    panel.clear()
+    assert len(panel.conversation) == 0 and panel.error is None
+
+
+def test_a_failed_send_restores_exactly_what_was_sent():
+    panel = ChatPanel(Scripted(fail=RuntimeError("boom")))
+    person_uploads(panel, [("red.png", png(RED)), ("blue.png", png(BLUE))])
+    panel.prompt_box.value = "How many shapes are there?"
+    panel.send_button.click()
+    panel.wait(10)
+    assert panel.error and panel.prompt_box.value == "How many shapes are there?"
+    assert "2 images attached" in panel.attachments.value
+    panel.send_button.click()  # the retry sends the same two images once, not four
+    panel.wait(10)
+    assert panel.error is None and len(panel.conversation.turns[0].images) == 2
+    assert panel.conversation.turns[0].text == "How many shapes are there?"
