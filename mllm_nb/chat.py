@@ -143,6 +143,26 @@ class Conversation:
         turns = [Turn(t.role, t.text, list(t.images), t.stopped) for t in self.turns]
         return Conversation(turns, system=self.system)
 
+    def without_oldest_images(self, count: int) -> Conversation:
+        """A copy whose ``count`` oldest images are left out, each turn that lost some saying so in its text
+        (the model is told, and the prompt fits a context the earlier images no longer fit in).
+
+        >>> chat = Conversation(); _ = chat.add_user("What is it?", Image.new("RGB", (8, 8)))
+        >>> chat.without_oldest_images(1).turns[0].text
+        'What is it? [1 image left out to fit the context]'
+        """
+        trimmed, left = self.copy(), count
+        for turn in trimmed.turns:
+            if left <= 0:
+                break
+            dropped = min(left, len(turn.images))
+            if dropped:
+                turn.images = turn.images[dropped:]
+                noun = "image" if dropped == 1 else "images"
+                turn.text = f"{turn.text} [{dropped} {noun} left out to fit the context]".strip()
+                left -= dropped
+        return trimmed
+
     @property
     def images(self) -> list[Image.Image]:
         """Every image of the conversation in order (the order of the ``{"type": "image"}`` items).

@@ -375,27 +375,44 @@ def inputs_report(
     return _finish(report)
 
 
+class ContextWarning(UserWarning):
+    """A chat reply was shortened or earlier images were left out so that the prompt fits the context."""
+
+
 def check_inputs(
     vlm: Any,
     inputs: Any,
     generation: dict[str, Any],
     image_sizes: Sequence[Sequence[tuple[int, int]]] = (),
     bare_prompts: Sequence[str] = (),
+    cap: bool = False,
 ) -> dict[str, Any]:
     """Refuse with :class:`BudgetError` before any forward pass when ``inputs`` cannot fit; return ``generation``.
 
     A default ``max_new_tokens`` (one the caller did not pass) is lowered to what the context leaves
-    after the prompt; one the caller passed is kept, and refused when it does not fit. A refusal shows
-    the tokens of each image.
+    after the prompt; one the caller passed is kept, and refused when it does not fit, unless ``cap``
+    (a chat panel's slider is an upper bound): then it is lowered too, with a :class:`ContextWarning`.
+    A refusal shows the tokens of each image.
 
     >>> generation = check_inputs(vlm, vlm.prepare("cat.jpg", "What is it?"), {})  # doctest: +SKIP
     """
+    import warnings
+
     wanted = vlm.generation_kwargs(**generation)["max_new_tokens"]
     report = inputs_report(vlm, inputs, wanted, image_sizes, bare_prompts, breakdown=False)
     context = report.context_length
-    if "max_new_tokens" not in generation and context and report.prompt_tokens < context < report.total_tokens:
-        generation = {**generation, "max_new_tokens": context - report.prompt_tokens}
-        report = _finish(replace(report, max_new_tokens=context - report.prompt_tokens))
+    passed = "max_new_tokens" in generation
+    if (cap or not passed) and context and report.prompt_tokens < context < report.total_tokens:
+        left = context - report.prompt_tokens
+        generation = {**generation, "max_new_tokens": left}
+        report = _finish(replace(report, max_new_tokens=left))
+        if passed:
+            warnings.warn(
+                f"max new tokens lowered from {wanted:,} to {left:,}: the prompt takes {report.prompt_tokens:,} of the "
+                f"{context:,}-token context",
+                ContextWarning,
+                stacklevel=2,
+            )
     if not report.fits:
         detailed = inputs_report(vlm, inputs, report.max_new_tokens, image_sizes, bare_prompts)
         detailed.raise_if_over()
@@ -594,4 +611,7 @@ def plot_image_tokens(
     return fig
 
 
-__all__ = ["BudgetError", "BudgetReport", "budget", "check_inputs", "free_memory", "inputs_report", "plot_image_tokens"]
+__all__ = [
+    "BudgetError", "BudgetReport", "ContextWarning", "budget", "check_inputs", "free_memory", "inputs_report",
+    "plot_image_tokens",
+]

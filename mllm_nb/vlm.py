@@ -351,11 +351,13 @@ class VLM:
         generation: dict[str, Any],
         images: list[list[Any]],
         bare_prompts: Sequence[str] = (),
+        cap: bool = False,
     ) -> dict[str, Any]:
         """Raise ``BudgetError`` before any forward pass when the prompt can't fit (see ``mllm_nb.context_budget``).
 
         ``bare_prompts`` are the rows' prompts without their images: what the images cost is the rest.
-        Returns ``generation``, with a default ``max_new_tokens`` lowered to what the context leaves.
+        Returns ``generation``, with a default ``max_new_tokens`` (or any, with ``cap``) lowered to what the
+        context leaves.
 
         >>> vlm.check_budget(vlm.prepare(image, "What is it?"), {}, [[image]], [vlm.question_prompt(0, "What is it?")])  # doctest: +SKIP
         {}
@@ -363,7 +365,7 @@ class VLM:
         from mllm_nb.context_budget import check_inputs
 
         sizes = [[image.size for image in row] for row in images]
-        return check_inputs(self, inputs, generation, sizes, bare_prompts)
+        return check_inputs(self, inputs, generation, sizes, bare_prompts, cap)
 
     def warn_multi_image(self, n_images: int, stacklevel: int = 3) -> None:
         """Warn once per VLM (``MultiImageWarning``) when ``n_images`` > 1 go to a model not trained on several.
