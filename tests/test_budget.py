@@ -251,6 +251,23 @@ def test_a_default_max_new_tokens_is_capped_to_the_context(monkeypatch):
     assert seen[-1] == 5
 
 
+def test_a_passed_max_new_tokens_is_capped_only_when_asked_and_says_so(monkeypatch):
+    """What a chat panel's slider needs: an upper bound, lowered to what the context leaves, with a warning."""
+    from mllm_nb.context_budget import ContextWarning
+
+    vlm = tiny_vlm(LLAVA, context=700)
+    inputs = vlm.prepare(image(64, 64), "w1")
+    prompt = inputs["input_ids"].shape[1]
+    with pytest.raises(BudgetError, match="use max_new_tokens <= "):
+        vlm.check_budget(inputs, {"max_new_tokens": 500}, [[image(64, 64)]])
+    with pytest.warns(ContextWarning, match=f"max new tokens lowered from 500 to {700 - prompt}"):
+        generation = vlm.check_budget(inputs, {"max_new_tokens": 500}, [[image(64, 64)]], cap=True)
+    assert generation["max_new_tokens"] == 700 - prompt
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a bound that fits is kept without a word
+        assert vlm.check_budget(inputs, {"max_new_tokens": 8}, [[image(64, 64)]], cap=True)["max_new_tokens"] == 8
+
+
 # ------------------------------------------------------------------------------ the plot
 
 

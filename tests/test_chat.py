@@ -338,3 +338,19 @@ def test_a_backend_is_anything_with_the_protocols_members():
     assert isinstance(Recorder(), Backend) and not isinstance(StreamOnly(), Backend)
     with pytest.raises(BackendError, match="subclass mllm_nb.Backend: only stream is needed"):
         as_backend(StreamOnly())
+
+
+def test_without_oldest_images_leaves_out_the_oldest_and_says_so():
+    from PIL import Image
+
+    red, blue, green = (Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0)))
+    chat = Conversation()
+    chat.add_user("first", [red, blue])
+    chat.add_assistant("ok")
+    chat.add_user("", [green])
+    trimmed = chat.without_oldest_images(2)
+    assert trimmed.images == [green] and chat.images == [red, blue, green]  # the original keeps its images
+    assert trimmed.turns[0].text == "first [2 images left out to fit the context]"
+    everything = chat.without_oldest_images(3)
+    assert everything.images == [] and everything.turns[2].text == "[1 image left out to fit the context]"
+    assert chat.without_oldest_images(0).to_dict() == chat.to_dict()
