@@ -30,6 +30,7 @@ import abc
 import contextlib
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -41,6 +42,15 @@ from mllm_nb.chat import (
     image_to_data_url,
 )
 from mllm_nb.errors import MllmNbError
+from mllm_nb.server_io import (
+    Feed,
+    NotAnEventStream,
+    chunk_sentence,
+    event_data,
+    failure_sentence,
+    parse_chunk,
+    retry_delay,
+)
 from mllm_nb.settings import GenerationSettings
 from mllm_nb.streaming import TokenCounter
 
@@ -324,9 +334,19 @@ class OpenAIBackend(Backend):
 
     ``base_url`` is the server's API root (``/v1`` is added when the URL has no path). The API key
     is ``api_key``, else ``$OPENAI_API_KEY``, else the Colab secret ``OPENAI_API_KEY``, else none
-    (local servers need none). It is never shown: ``repr`` masks it and error messages scrub it.
-    Greedy decoding is sent as ``temperature=0``. ``timeout`` (seconds) bounds the wait for each
-    piece of the answer; ``max_retries`` are the client's automatic retries.
+    (local servers need none). It is never shown: ``repr`` masks it, and errors scrub it and carry
+    no exception that holds it. Greedy decoding is sent as ``temperature=0``.
+
+    Every request ends, whatever the server does. ``timeout`` (seconds) bounds the wait for each piece
+    of the answer, the first one included (connecting, the server reading the images); keep-alive
+    comments are no piece, reasoning text is. ``deadline`` (seconds; None: no limit) bounds the whole
+    request, from connecting to the last piece. ``max_new_tokens`` is enforced here too (one streamed
+    piece counts as one token) for servers that ignore ``max_tokens``. ``max_retries`` retries a refused
+    connection or a busy or failing server (HTTP 408, 409, 429, 5xx), only while the wait (the server's
+    ``Retry-After``) fits in ``timeout`` and ``deadline``. An answer is complete only when the server
+    says so (a ``finish_reason``, or ``data: [DONE]`` after some text); a stream that ends otherwise
+    raises a :class:`BackendError` whose ``partial`` attribute holds the text received.
+    ``finish_reason`` is the last answer's ('stop', 'length', ...).
 
     >>> OpenAIBackend("http://localhost:11434", model="llava", api_key="sk-secret")
     OpenAIBackend('http://localhost:11434/v1', model='llava', api_key='***')
@@ -339,20 +359,29 @@ class OpenAIBackend(Backend):
         api_key: str | None = None,
         *,
         timeout: float = 120.0,
+        deadline: float | None = None,
         max_retries: int = 1,
     ) -> None:
         self.base_url = _check_url(base_url)
         if not isinstance(model, str) or not model.strip():
             raise BackendError(f"model must be the model name the server knows (a non-empty string); got {model!r}.")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise BackendError(f"timeout must be a positive number of seconds; got {timeout!r}.")
+        for name, value in (("timeout", timeout), ("deadline", deadline)):
+            if (value is not None or name == "timeout") and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
+            ):
+                raise BackendError(f"{name} must be a positive number of seconds; got {value!r}.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise BackendError(f"max_retries must be a whole number >= 0; got {max_retries!r}.")
         self.model = model
         self.timeout = float(timeout)
+        self.deadline = None if deadline is None else float(deadline)
         self.max_retries = max_retries
         self.name = f"{model} @ {self.base_url}"
         self.tokens_generated = 0
+        self.finish_reason: str | None = None
         self.__key, self._key_source = _find_api_key(api_key)
         self._client: Any = None
+        self._bare: Any = None
 
     def __repr__(self) -> str:
         key = "'***'" if self.__key else "None"
@@ -376,6 +405,14 @@ class OpenAIBackend(Backend):
                 base_url=self.base_url, api_key=self.__key or _NO_KEY, timeout=timeout, max_retries=self.max_retries
             )
         return self._client
+
+    def _bare_client(self) -> Any:
+        """The client without retries of its own (``_open`` retries within the time left); reads outlast ``timeout``."""
+        if self._bare is None:
+            openai = _import_openai()
+            timeout = openai.Timeout(self.timeout + 1.0, connect=min(self.timeout, 10.0))
+            self._bare = self.client().with_options(max_retries=0, timeout=timeout)
+        return self._bare
 
     def messages(self, chat: Chat, images: Any = None) -> list[dict[str, Any]]:
         """The request's ``messages``: user images first as ``image_url`` data URLs, then the text.
@@ -406,9 +443,12 @@ class OpenAIBackend(Backend):
         ['llava-hf/llava-1.5-7b-hf']
         """
         try:
-            return [m.id for m in self.client().models.list()]
+            return [m.id for m in self._bare_client().models.list()]
+        except MllmNbError:
+            raise
         except Exception as err:  # noqa: BLE001 - turned into one sentence
-            raise self._error(err) from None
+            failure = self._error(err)
+        raise failure from None  # outside the handler: no chain back to the client's error, which holds the key
 
     def stream(
         self,
@@ -427,6 +467,7 @@ class OpenAIBackend(Backend):
         Servers differ in the extra fields they take: vLLM and SGLang accept e.g. ``top_k=20``, while
         ``transformers serve`` refuses unknown fields such as ``top_k`` (HTTP 422) and takes its own, such
         as ``generation_config`` (a JSON string of ``GenerationConfig`` fields, used instead of the model's).
+        The request runs in a reader thread, so ``stop_event`` and the clocks end it at once (see the class).
 
         >>> for piece in server.stream("Describe the image.", images="cat.jpg"):  # doctest: +SKIP
         ...     print(piece, end="")
@@ -443,62 +484,118 @@ class OpenAIBackend(Backend):
             request["temperature"] = 0.0
         if extra:
             request["extra_body"] = extra
-        stop_event = stop_event or threading.Event()
-        self.tokens_generated = 0
-        response = self._call(lambda: self.client().chat.completions.create(**request))
-        try:  # the server has started answering: a broken connection from here on is not "could not connect"
-            chunks = iter(response)
-            while not stop_event.is_set():
-                chunk = self._call(lambda: next(chunks, None), mid_answer=True)
-                if chunk is None:
-                    break
-                piece = chunk.choices[0].delta.content if chunk.choices else None
-                if piece:
-                    self.tokens_generated += 1
-                    yield piece
-        finally:
-            _close_quietly(response)
-
-    def _call(self, function: Any, mid_answer: bool = False) -> Any:
+        self.tokens_generated, self.finish_reason = 0, None
+        feed = Feed()
+        threading.Thread(target=self._fetch, args=(request, feed, time.monotonic()), daemon=True,
+                         name="mllm-nb-openai-reader").start()
+        pieces: list[str] = []
         try:
-            return function()
-        except MllmNbError:
+            for piece in self._pieces(feed, stop_event or threading.Event(), settings.max_new_tokens):
+                pieces.append(piece)
+                self.tokens_generated += 1
+                yield piece
+        except BackendError as err:
+            err.partial = self._scrub("".join(pieces))  # type: ignore[attr-defined]
             raise
-        except Exception as err:  # noqa: BLE001 - openai / transport errors become one sentence
-            raise self._error(err, mid_answer) from None
+        finally:
+            feed.cancel()
+
+    def _fetch(self, request: dict[str, Any], feed: Feed, started: float) -> None:
+        """In the reader thread: send the request (retrying while time allows), then hand over each event's data."""
+        try:
+            stream = self._open(request, feed, started)
+            if stream is not None and feed.attach(stream.response):
+                if "text/html" in stream.response.headers.get("content-type", ""):
+                    raise NotAnEventStream("html", "")
+                for data in event_data(feed.chunks()):
+                    feed.put("data", data)
+                feed.put("end")
+        except Exception as err:  # noqa: BLE001 - handed over; the caller turns it into one sentence
+            feed.put("error", err)
+        finally:
+            feed.close()
+
+    def _open(self, request: dict[str, Any], feed: Feed, started: float) -> Any:
+        """The streamed response, after retries whose waits end before the first piece is due; None once cancelled."""
+        give_up = started + min(self.timeout, self.deadline or self.timeout)
+        attempt = 0
+        while True:
+            try:
+                return self._bare_client().chat.completions.create(**request)
+            except Exception as err:  # retried, or raised to _fetch
+                delay = retry_delay(err, attempt) if attempt < self.max_retries else None
+                if delay is None or time.monotonic() + delay >= give_up:
+                    raise
+            if feed.cancelled.wait(delay):
+                return None
+            attempt += 1
+
+    def _pieces(self, feed: Feed, stop: threading.Event, limit: int | None) -> Iterator[str]:
+        """The answer's pieces as the reader thread hands them over, until the server says it is done.
+
+        Ends quietly at a ``finish_reason``, ``[DONE]`` after some text, ``stop``, or ``limit`` pieces of text
+        (answer or reasoning; the server ignored ``max_tokens``). Raises one sentence when a clock runs out
+        (``timeout`` without new text, ``deadline`` in all), on an error, or when the stream just ends.
+        """
+        started = last = time.monotonic()
+        count = 0
+        while not stop.is_set():
+            due = last + self.timeout if self.deadline is None else min(last + self.timeout, started + self.deadline)
+            item = feed.get(min(_POLL_S, due - time.monotonic()))
+            if item is None:
+                if time.monotonic() >= due:
+                    raise self._late(time.monotonic() - started, count) from None
+                continue
+            kind, value = item
+            if kind != "data":  # the raw error holds the key in its request headers: keep no reference to it
+                failure = self._error(value, feed.opened) if kind == "error" else self._cut(count, "the stream ended")
+                del item, value
+                raise failure from None
+            if value.startswith("[DONE]"):
+                if count:
+                    return
+                raise self._cut(count, "[DONE] came") from None
+            chunk = parse_chunk(value)
+            if chunk.error or chunk.malformed:
+                raise BackendError(self._scrub(chunk_sentence(f"The server at {self.base_url}", chunk, value))) from None
+            if chunk.text or chunk.thinking:
+                count, last = count + 1, time.monotonic()
+            if chunk.text:
+                yield chunk.text
+            if chunk.finish or (limit is not None and count >= limit):
+                self.finish_reason = chunk.finish or "length"
+                return
 
     def _error(self, err: BaseException, mid_answer: bool = False) -> BackendError:
-        """One sentence for what went wrong talking to the server; the API key is scrubbed from it.
-
-        ``mid_answer``: the server had started answering (the streamed response was open).
-        """
-        openai = _import_openai()
+        """One sentence for what went wrong talking to the server (``mid_answer``: it had started answering)."""
         where = f"the server at {self.base_url}"
-        connection = isinstance(err, (openai.APIConnectionError, OSError)) or _is_transport_error(err)
-        if isinstance(err, openai.APITimeoutError) or "timeout" in type(err).__name__.lower():
-            text = (
-                f"{where} did not answer within {self.timeout:g} s; it may still be loading the model or be "
-                "overloaded: wait and retry, or raise OpenAIBackend(timeout=...)."
-            )
-        elif mid_answer and connection:
-            text = (
-                f"The connection to {where} broke mid-answer ({_root_reason(err)}); the server may have "
-                "stopped or restarted: check it, then send again."
-            )
-        elif connection:
-            reason = _root_reason(err)
-            text = (
-                f"Could not connect to {where} ({reason}); start the server (e.g. `transformers serve`) "
-                "or check base_url."
-            )
-        elif isinstance(err, openai.APIStatusError):
-            text = _status_message(err, where, self.model)
-        else:
-            text = f"{where} failed: {type(err).__name__}: {_first_line(str(err))}"
+        text = failure_sentence(err, where, self.timeout, self.model, API_KEY_ENV, mid_answer)
         return BackendError(self._scrub(text[:1].upper() + text[1:]))
+
+    def _late(self, elapsed: float, count: int) -> BackendError:
+        """The sentence for a clock that ran out: the whole request's ``deadline``, or ``timeout`` for a piece."""
+        if self.deadline is not None and elapsed >= self.deadline:
+            return BackendError(
+                f"The server at {self.base_url} did not finish the answer within the {self.deadline:g} s deadline "
+                f"({count} pieces so far); ask for fewer max_new_tokens or raise OpenAIBackend(deadline=...)."
+            )
+        if count:
+            return self._cut(count, f"no new text came for {self.timeout:g} s")
+        return self._error(TimeoutError())
+
+    def _cut(self, count: int, how: str) -> BackendError:
+        """The sentence for an answer the server did not finish (no ``finish_reason``, no ``[DONE]``)."""
+        return BackendError(
+            f"The server at {self.base_url} cut the answer short: {how} after {count} pieces without a finish_reason "
+            "(the text so far is the error's .partial); check the server, then send again."
+        )
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.__key, "***") if self.__key else text
+
+
+#: How often (seconds) a waiting ``stream`` looks at its stop event and clocks.
+_POLL_S = 0.05
 
 
 def _import_openai() -> Any:
@@ -536,58 +633,3 @@ def _find_api_key(api_key: str | None) -> tuple[str | None, str]:
     if secret:
         return str(secret), f"Colab secret {API_KEY_ENV}"
     return None, "none"
-
-
-def _status_message(err: Any, where: str, model: str) -> str:
-    status = getattr(err, "status_code", None)
-    detail = _status_detail(err)
-    if status in (401, 403):
-        return f"{where} refused the API key (HTTP {status}); set {API_KEY_ENV} or pass api_key=..."
-    if status == 404:
-        return (
-            f"{where} does not know model {model!r} or the chat endpoint (HTTP 404: {detail}); "
-            "check model= (OpenAIBackend.models() lists them) and base_url."
-        )
-    if status == 500:
-        return (
-            f"{where} answered HTTP 500: {detail}; the server failed on this request (its log has the reason): "
-            "check the images and settings."
-        )
-    return f"{where} answered HTTP {status}: {detail}"
-
-
-def _status_detail(err: Any) -> str:
-    """The server's own words: ``{"error": {"message": ...}}`` (OpenAI style), ``{"detail": ...}`` or the text."""
-    body = getattr(err, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
-        for key in ("message", "detail", "error"):
-            if isinstance(inner.get(key), str) and inner[key].strip():
-                return _first_line(inner[key])
-    if isinstance(body, str) and body.strip():
-        return _first_line(body)
-    return _first_line(getattr(err, "message", "") or str(err))
-
-
-def _is_transport_error(err: BaseException) -> bool:
-    """An httpx / httpx2 / httpcore / h11 network or protocol error (the connection broke), by class name."""
-    names = {cls.__name__ for cls in type(err).__mro__}
-    return bool(names & {"TransportError", "NetworkError", "ProtocolError"})
-
-
-def _root_reason(err: BaseException) -> str:
-    """The innermost cause, e.g. 'connection refused' rather than 'Connection error.'."""
-    while err.__cause__ is not None or err.__context__ is not None:
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    text = _first_line(str(err)) or type(err).__name__
-    return "connection refused" if "refused" in text.lower() else text
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0][:200] if lines else ""
-
-
-def _close_quietly(response: Any) -> None:
-    with contextlib.suppress(Exception):  # closing a broken stream must not hide the real error
-        response.close()
