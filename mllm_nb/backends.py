@@ -305,18 +305,24 @@ class LocalBackend(Backend):
         """Yield the reply piece by piece (extra keywords go to ``generate``, e.g. ``min_new_tokens``).
 
         Like ``VLM.stream`` it checks the token budget first (``mllm_nb.context_budget``) and warns once when
-        several images go to a model not trained on them; ``max_new_tokens=None`` takes the model's
-        default, shortened to what the context leaves.
+        several images go to a model not trained on them. A chat keeps working as it grows: ``max_new_tokens``
+        (None: the model's default) is an upper bound, lowered to what the context leaves, and when earlier
+        turns' images no longer fit the context the oldest are left out of the prompt (the turn says so); both
+        come with a ``ContextWarning`` (a ChatPanel shows it in its status line).
 
         >>> for piece in backend.stream(conversation, stop_event=stop):  # doctest: +SKIP
         ...     print(piece, end="")
         """
         settings = GenerationSettings(max_new_tokens, do_sample, temperature, top_p)
         conversation = as_conversation(chat, images)
-        inputs = self.prepare(conversation)
+        if not conversation.turns or conversation.turns[-1].role != "user":
+            raise BackendError("The conversation must end with a user turn to be answered; add_user(...) first.")
+        conversation, inputs = self.vlm.encode_conversation(conversation)
         self.vlm.warn_multi_image(len(conversation.images))
         bare = [self.vlm.chat_prompt(conversation.to_messages(), images=False)]
-        generation = self.vlm.check_budget(inputs, {**settings.to_kwargs(), **extra}, [conversation.images], bare)
+        generation = self.vlm.check_budget(
+            inputs, {**settings.to_kwargs(), **extra}, [conversation.images], bare, cap=True
+        )
         self._counter = TokenCounter()
         stops = [*(generation.pop("stopping_criteria", None) or []), self._counter]
         yield from self.vlm.stream_inputs(inputs, stop_event=stop_event, stopping_criteria=stops, **generation)
@@ -487,7 +493,7 @@ class OpenAIBackend(Backend):
         self.tokens_generated, self.finish_reason = 0, None
         feed = Feed()
         threading.Thread(target=self._fetch, args=(request, feed, time.monotonic()), daemon=True,
-                         name="mllm-nb-openai-reader").start()
+                         name="mllm_nb-openai-reader").start()
         pieces: list[str] = []
         try:
             for piece in self._pieces(feed, stop_event or threading.Event(), settings.max_new_tokens):

@@ -253,6 +253,38 @@ class VLM:
         inputs = self._process(images, prompts)
         return inputs.to(self.device, dtype=self.dtype) if "pixel_values" in inputs else inputs.to(self.device)
 
+    def encode_conversation(self, conversation: Any) -> tuple[Any, BatchFeature]:
+        """The inputs of a whole :class:`~mllm_nb.chat.Conversation`, and the conversation they were built from.
+
+        While the prompt overflows the context, the oldest images of earlier turns are left out (their turns
+        say so, and a ``ContextWarning`` tells how many); the images of the last turn always stay.
+
+        >>> conversation, inputs = vlm.encode_conversation(chat)  # doctest: +SKIP
+        """
+        from mllm_nb.context_budget import ContextWarning
+        from mllm_nb.memory.architecture import config_context_length
+
+        def encode(chat: Any) -> BatchFeature:
+            return self.encode([chat.images], [self.chat_prompt(chat.to_messages())])
+
+        inputs = encode(conversation)
+        context = config_context_length(self.model.config)
+        earlier = len(conversation.images) - len(conversation.turns[-1].images) if conversation.turns else 0
+        dropped = 0
+        while context and inputs["input_ids"].shape[1] >= context and dropped < earlier:
+            dropped += 1
+            inputs = encode(conversation.without_oldest_images(dropped))
+        if not dropped:
+            return conversation, inputs
+        noun = "image" if dropped == 1 else "images"
+        warnings.warn(
+            f"{dropped} earlier {noun} left out of the prompt to fit the {context:,}-token context "
+            "(press Clear to start over with all of them)",
+            ContextWarning,
+            stacklevel=3,
+        )
+        return conversation.without_oldest_images(dropped), inputs
+
     def chat_prompt(self, messages: list[dict[str, Any]], images: bool = True) -> str:
         """The prompt text for chat-template ``messages`` (``{"type": "image"}`` items where images go).
 

@@ -69,8 +69,8 @@ def _wrap_showwarning() -> None:
 
     def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
                     line: str | None = None) -> None:
-        if _in_worker():
-            _to_panel(f"{category.__name__}: {message}")
+        if _in_worker():  # the package's own warnings read as notes; others keep their category's name
+            _to_panel(str(message) if category.__module__.startswith("mllm_nb") else f"{category.__name__}: {message}")
         else:
             original(message, category, filename, lineno, file, line)
 

@@ -299,3 +299,19 @@ def test_the_refusal_is_not_preceded_by_the_tokenizers_vague_length_warning(shor
         warnings.simplefilter("ignore")  # the multi-image warning of LLaVA-1.5
         short_context_vlm.ask([image(64, 64)] * 2, "w1")
     assert "Token indices sequence length" not in capfd.readouterr().err
+
+
+def test_a_chat_keeps_working_as_its_images_fill_the_context(recwarn):
+    """The demo's refusals (issue 18): a panel's 256-token slider over a short context, and a third image
+    in a conversation. The slider is lowered, older images are left out, each with a note in the status."""
+    from mllm_nb.widgets import ChatPanel
+
+    vlm = tiny_vlm(LLAVA, context=700)  # one image is 576 tokens: two never fit
+    panel = ChatPanel(vlm, max_new_tokens=256)
+    assert panel.send("w1", images=[image(64, 64)]) is not None, panel.error
+    assert panel.error is None and "max new tokens lowered from 256" in panel.notes[-1]
+    assert "note: max new tokens lowered" in panel.status.value
+    assert panel.send("w2", images=[image(64, 64, (20, 200, 20))]) is not None, panel.error
+    assert panel.error is None and "1 earlier image left out" in " ".join(panel.notes)
+    assert len(panel.conversation.images) == 2  # the conversation shown keeps both; only the prompt leaves one out
+    assert panel.send("w3 w4") is not None and panel.error is None
