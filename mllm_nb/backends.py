@@ -345,8 +345,8 @@ class OpenAIBackend(Backend):
 
     Every request ends, whatever the server does. ``timeout`` (seconds) bounds the wait for each piece
     of the answer, the first one included (connecting, the server reading the images); keep-alive
-    comments are no piece, reasoning text is. ``deadline`` (seconds; None: no limit) bounds the whole
-    request, from connecting to the last piece. ``max_new_tokens`` is enforced here too (one streamed
+    comments are no piece, reasoning text is. ``deadline`` (seconds, 10 minutes by default; None: no limit)
+    bounds the whole request, from connecting to the last piece. ``max_new_tokens`` is enforced here too (one streamed
     piece counts as one token) for servers that ignore ``max_tokens``. ``max_retries`` retries a refused
     connection or a busy or failing server (HTTP 408, 409, 429, 5xx), only while the wait (the server's
     ``Retry-After``) fits in ``timeout`` and ``deadline``. An answer is complete only when the server
@@ -365,7 +365,7 @@ class OpenAIBackend(Backend):
         api_key: str | None = None,
         *,
         timeout: float = 120.0,
-        deadline: float | None = None,
+        deadline: float | None = 600.0,
         max_retries: int = 1,
     ) -> None:
         self.base_url = _check_url(base_url)
