@@ -555,7 +555,7 @@ def _button_layout() -> widgets.Layout:
 
 def _slider_layout() -> widgets.Layout:
     """Sliders that keep a usable track when the row wraps on a narrow window."""
-    return widgets.Layout(flex="1 1 240px", min_width="220px", max_width="420px")
+    return widgets.Layout(flex="1 1 300px", min_width="300px", max_width="460px")
 
 
 def _row(children: list[widgets.Widget]) -> widgets.HBox:
