@@ -304,7 +304,16 @@ class VLM:
                 f"The processor of {self.name!r} has no chat template; use a chat checkpoint "
                 "(e.g. 'llava-hf/llava-1.5-7b-hf') or set processor.chat_template."
             )
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # jinja2.TemplateError and its sandbox/syntax subclasses, without importing jinja2
+            if type(err).__module__.split(".")[0] != "jinja2":
+                raise
+            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise VLMError(
+                f"The chat template of {self.name!r} is broken ({type(err).__name__}: {reason}); "
+                "set processor.chat_template to a working template or reload the checkpoint."
+            ) from None
 
     def stream_inputs(
         self, inputs: BatchFeature, *, stop_event: threading.Event | None = None, **generation: Any

@@ -332,3 +332,17 @@ def test_demo_fixture_answers_held_out_questions(demo_vlm):
     answers = demo_vlm.batch_ask([(qa.images, qa.question) for qa in questions], max_new_tokens=8)
     correct = sum(a.lower().rstrip(".") == qa.answer for a, qa in zip(answers, questions))
     assert correct >= 8, list(zip(answers, [qa.answer for qa in questions]))
+
+
+def test_a_broken_chat_template_set_after_loading_is_one_sentence():
+    from catalog_models import LLAVA, image, tiny_vlm
+
+    from mllm_nb.vlm import VLMError
+
+    vlm = tiny_vlm(LLAVA)
+    vlm.processor.chat_template = "{{ messages.__class__.__mro__ }}{% for %}"
+    with pytest.raises(VLMError, match="chat template of .* is broken .*; set processor.chat_template"):
+        vlm.ask(image(64, 64), "w1")
+    vlm.processor.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"  # the sandbox refuses
+    with pytest.raises(VLMError, match="chat template of .* is broken"):
+        vlm.ask(image(64, 64), "w1")
