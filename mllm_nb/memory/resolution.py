@@ -128,11 +128,18 @@ def _from_folder(folder: Path) -> ResolvedModel:
             config = AutoConfig.from_pretrained(folder)
         files, pickled = _local_weight_files(folder)
     except _GENERIC_ERRORS as exc:
-        raise PlanError(f"Could not read the checkpoint in '{folder}' ({exc}); check its config.json.") from exc
+        raise PlanError(f"Could not read the checkpoint in '{folder}' ({_reason(exc)}); check its config.json.") from exc
     sizes = [f.stat().st_size for f in files]
     largest = max(sizes, default=None)
     return ResolvedModel(str(folder), "local config", config, largest, pickled and bool(files),
                          download_bytes=sum(sizes) if sizes else None, prequantized=_saved_quantized(config))
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of an upstream error, short enough to sit inside ours."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= 160 else first[:157] + "..."
 
 
 def _offline_error(model_id: str) -> PlanError:
@@ -177,7 +184,7 @@ def _from_hub(model_id: str) -> ResolvedModel:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(os.path.dirname(config_path))
     except _GENERIC_ERRORS as exc:
-        raise PlanError(f"The config.json of '{model_id}' could not be read ({exc}); pass a local folder.") from exc
+        raise PlanError(f"The config.json of '{model_id}' could not be read ({_reason(exc)}); pass a local folder.") from exc
     largest, total = _hub_shards(model_id, config)
     return ResolvedModel(model_id, "hub config", config, largest, download_bytes=total,
                          prequantized=_saved_quantized(config))
