@@ -1,8 +1,9 @@
 """Bytes, arrays and PIL images -> a checked RGB ``PIL.Image`` (the leaf under :mod:`mllm_nb.images`).
 
 Sniffing (what the bytes really are), decoding with Pillow under a pixel limit (decompression bombs),
-EXIF orientation, the first frame of animations, and conversion of every mode and array layout to RGB;
-each failure is an ``ImageLoadError`` with one sentence that names the input.
+reading regular files only (never pipes or devices), ``data:`` URLs, EXIF orientation, the first frame
+of animations, and conversion of every mode and array layout to RGB; each failure is an
+``ImageLoadError`` with one sentence that names the input.
 
 >>> import numpy as np
 >>> rgb_from_array(np.zeros((2, 3), dtype=np.uint8)).size
@@ -11,11 +12,16 @@ each failure is an ``ImageLoadError`` with one sentence that names the input.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 import re
+import stat
 import struct
+import urllib.parse
 import warnings
-from io import BytesIO
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,11 +45,18 @@ _RASTER_MAGIC = {
     b"II*\x00": "TIFF",
     b"MM\x00*": "TIFF",
 }
-
+# Pillow's EPS reader runs Ghostscript on the file: never opened here.
+_NEVER_OPEN = frozenset({"EPS"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SNIFF_BYTES = 1024
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder",
+}
 
 
 def decode(
-    fp: Path | BytesIO,
+    fp: IO[bytes],
     head: bytes,
     label: str,
     *,
@@ -56,7 +69,7 @@ def decode(
     with warnings.catch_warnings():
         warnings.simplefilter("error" if escalate else "ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(fp)
+            im = Image.open(fp, formats=_safe_formats())
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise _bomb_error(label, err, max_pixels) from err
         except (UnidentifiedImageError, *_DECODE_ERRORS) as err:
@@ -68,12 +81,44 @@ def decode(
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
                 raise _bomb_error(label, err, max_pixels) from err
             except _DECODE_ERRORS as err:
-                raise _corrupt_error(label) from err
+                raise _corrupt_error(label, im.format) from err
             out = _to_rgb(_exif_transpose(im))
             if out is im:
                 out = im.copy()
     out.load()
     return out
+
+
+def decode_file(path: Path, label: str, *, max_pixels: int | None) -> Image.Image:
+    """``decode`` a regular file; pipes and devices are refused before a read could block on them."""
+    try:  # checked before and after opening; O_NONBLOCK: a pipe swapped in between does not block the open
+        _require_regular(os.stat(path).st_mode, label)
+        fh = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)), "rb")
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise ImageLoadError(f"Cannot read {label} ({why}); check its permissions.") from err
+    with fh:
+        try:
+            _require_regular(os.fstat(fh.fileno()).st_mode, label)
+            head = fh.read(_SNIFF_BYTES)
+            fh.seek(0)
+        except OSError as err:
+            raise ImageLoadError(f"Cannot read {label} ({err.strerror or type(err).__name__}); copy it again.") from err
+        if not head:
+            raise ImageLoadError(f"{sentence_start(label)} is empty (0 bytes); re-download or re-export the image.")
+        return decode(fh, head, label, max_pixels=max_pixels)
+
+
+def _require_regular(mode: int, label: str) -> None:
+    if not stat.S_ISREG(mode):
+        what = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ImageLoadError(f"{sentence_start(label)} is {what}, not an image file; pass a regular image file.")
+
+
+def _safe_formats() -> list[str]:
+    """Every format Pillow can open now (plugins included), less those that run external programs."""
+    Image.init()
+    return [fmt for fmt in Image.ID if fmt not in _NEVER_OPEN]
 
 
 def _check_pixels(im: Image.Image, label: str, max_pixels: int | None) -> None:
@@ -113,17 +158,22 @@ def _exif_transpose(im: Image.Image) -> Image.Image:
 
 
 def _sniff(head: bytes) -> str | None:
-    """Name what a non-image file really is, from its first bytes: svg, html, text, pdf, heif, avif, zip."""
+    """Name what a non-image file really is, from its first bytes: svg, html, text, pdf, heif, avif, zip, ..."""
     if head[4:8] == b"ftyp":
         brands = {head[i : i + 4] for i in range(8, min(len(head), 64), 4)}
         if brands & _AVIF_BRANDS:
             return "avif"
-        if brands & _HEIF_BRANDS:
-            return "heif"
+        return "heif" if brands & _HEIF_BRANDS else "video"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):  # Matroska / WebM
+        return "video"
     if head.startswith(b"%PDF"):
         return "pdf"
+    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        return "eps"
     if head.startswith(b"PK\x03\x04"):
         return "zip"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!doctype svg", b"<!--")) and b"<svg" in text):
         return "svg"
@@ -183,6 +233,14 @@ def _unreadable_error(label: str, head: bytes, url_content_type: str | None = No
         )
     if kind == "zip":
         return ImageLoadError(f"{it} is a ZIP archive, not an image; unzip it and load the files inside.")
+    if kind == "gzip":
+        return ImageLoadError(f"{it} is gzip-compressed, not an image; decompress it first (gunzip, gzip.decompress).")
+    if kind == "eps":
+        return ImageLoadError(
+            f"{it} is PostScript/EPS, which is not opened because reading it runs Ghostscript; export it as PNG first."
+        )
+    if kind == "video":
+        return ImageLoadError(f"{it} is a video (MP4/MOV/WebM), not an image; save one frame as PNG or JPEG first.")
     fmt = next((name for magic, name in _RASTER_MAGIC.items() if head.startswith(magic)), None)
     if fmt is not None:
         return _corrupt_error(label, fmt)
@@ -199,11 +257,47 @@ def _corrupt_error(label: str, fmt: str | None = None) -> ImageLoadError:
     )
 
 
-def too_many_bytes_error(label: str, max_bytes: int) -> ImageLoadError:
+def too_many_bytes_error(label: str, max_bytes: int, verb: str = "is larger than") -> ImageLoadError:
+    """The message for data over ``max_bytes``; ``verb`` may say e.g. "decompresses to more than"."""
     return ImageLoadError(
-        f"{sentence_start(label)} is larger than max_bytes={max_bytes:,} bytes; "
+        f"{sentence_start(label)} {verb} max_bytes={max_bytes:,} bytes; "
         "pass a larger max_bytes= if you trust it, or use a smaller image."
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# text encodings: data: URLs and bare base64
+# --------------------------------------------------------------------------------------------------
+
+
+def data_url_bytes(url: str, label: str, max_bytes: int | None) -> bytes:
+    """The bytes held by a ``data:[<mediatype>][;base64],<data>`` URL."""
+    header, sep, payload = url[5:].partition(",")
+    if not sep:
+        raise ImageLoadError(
+            f"{sentence_start(label)} has no ',' separating header and data; expected data:image/png;base64,...."
+        )
+    if max_bytes is not None and len(payload) > 3 * max_bytes + 16:
+        raise too_many_bytes_error(label, max_bytes)
+    if header.lower().endswith(";base64"):
+        try:
+            return base64.b64decode(re.sub(r"\s+", "", urllib.parse.unquote(payload)), validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ImageLoadError(
+                f"{sentence_start(label)} holds invalid base64 data; copy the whole URL again."
+            ) from err
+    return urllib.parse.unquote_to_bytes(payload)
+
+
+def looks_like_base64_image(text: str) -> bool:
+    """Whether a long string is base64 whose decoded start is a PNG/JPEG/GIF/WebP/BMP signature."""
+    if len(text) < 64 or not re.fullmatch(r"[A-Za-z0-9+/=\s]+", text[:4096]):
+        return False
+    try:
+        head = base64.b64decode(re.sub(r"\s+", "", text[:4096])[:64])
+    except (binascii.Error, ValueError):
+        return False
+    return head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,6 +366,8 @@ def _min_max(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def rgb_from_pil(im: Image.Image) -> Image.Image:
     """A new RGB image from a PIL image; the input is never changed."""
     label = f"PIL image (mode {im.mode}, {im.width}x{im.height})"
+    if im.width * im.height == 0:
+        raise ImageLoadError(f"The {label} has no pixels; pass an image at least 1x1 in size.")
     try:
         if getattr(im, "is_animated", False):
             im = _first_frame(im)
@@ -353,7 +449,7 @@ def _array_to_uint8(arr: np.ndarray, label: str) -> np.ndarray:
         lo, hi = int(arr.min()), int(arr.max())
         if lo >= 0 and hi <= 255:
             return arr.astype(np.uint8)
-        if arr.dtype == np.uint16:
+        if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # uint16 of either byte order
             return np.round(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
         raise ImageLoadError(
             f"The {label} has values from {lo} to {hi}; scale it to 0-255 and pass arr.astype('uint8')."
@@ -369,3 +465,13 @@ def sentence_start(text: str) -> str:
     "URL 'x'"
     """
     return text[:1].upper() + text[1:]
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """``text`` for a one-line message: control characters escaped, cut to ``limit`` characters.
+
+    >>> shown("a\\nb.png")
+    'a\\\\nb.png'
+    """
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -12,18 +12,17 @@ says what to do::
 
 from __future__ import annotations
 
-import base64
-import binascii
 import glob
+import math
 import os
 import re
-import socket
+import stat
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from io import BytesIO
+from io import BytesIO, TextIOBase
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -31,13 +30,18 @@ import numpy as np
 from PIL import Image
 
 from mllm_nb.decoding import (
+    data_url_bytes,
     decode,
+    decode_file,
+    looks_like_base64_image,
     rgb_from_array,
     rgb_from_pil,
     sentence_start,
+    shown,
     too_many_bytes_error,
 )
 from mllm_nb.errors import ImageLoadError
+from mllm_nb.image_fetch import fetch_url, short_url
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -61,10 +65,10 @@ DEFAULT_MAX_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 #: Inputs whose bar is shown when ``progress=None``: more than this many.
 PROGRESS_THRESHOLD = 16
 
-_USER_AGENT = "mllm_nb/0.1 (https://pypi.org/project/mllm-nb; Python urllib) image loader"
 _SNIFF_BYTES = 1024
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _ACCEPTED = (
-    "a file path, an http(s):// or data: URL, bytes, a binary file object, a PIL image, "
+    "a file path, an http(s)://, file:// or data: URL, bytes, a binary file object, a PIL image, "
     "a numpy array (HxW, HxWx1, HxWx3 or HxWx4) or an ipywidgets FileUpload entry"
 )
 
@@ -93,17 +97,19 @@ def load_image(
 ) -> Image.Image:
     """Load one image from (almost) anything and return a new, fully loaded RGB ``PIL.Image``.
 
-    ``src`` may be a path (``~`` is expanded), an ``http(s)://`` or ``data:`` URL, bytes, a binary
+    ``src`` may be a path (``~`` is expanded), a ``file://``, ``http(s)://`` or ``data:`` URL, bytes, a binary
     file object, a PIL image (it is copied, never changed), a numpy array or an ipywidgets
     ``FileUpload`` entry. EXIF rotation is applied, animations give their first frame, transparency
-    is composited on white and 16-bit / float images are scaled to 8 bits. ``timeout`` (seconds)
-    and ``max_bytes`` limit downloads and in-memory data, ``max_pixels`` limits ``width * height``
-    (``None`` turns our check off). Any failure raises ``ImageLoadError``.
+    is composited on white and 16-bit / float images are scaled to 8 bits. ``timeout`` is the most
+    seconds a whole download may take, ``max_bytes`` limits downloads and in-memory data,
+    ``max_pixels`` limits ``width * height`` (``None`` turns either check off). Only regular files
+    are read (never pipes or devices). Any failure raises ``ImageLoadError``.
 
     >>> import numpy as np
     >>> load_image(np.zeros((4, 6), dtype=np.uint8)).size
     (6, 4)
     """
+    _check_options(timeout, max_bytes, max_pixels)
     src = _unwrap_widget(src)
     if isinstance(src, _Upload):
         return _load_upload(src, max_bytes=max_bytes, max_pixels=max_pixels)
@@ -112,7 +118,12 @@ def load_image(
     if isinstance(src, np.ndarray):
         return rgb_from_array(src)
     if isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
+        try:
+            data = bytes(src)
+        except ValueError as err:  # a released memoryview
+            raise ImageLoadError(
+                f"The {type(src).__name__} cannot be read ({err}); pass the bytes themselves."
+            ) from None
         label = f"{type(src).__name__} ({len(data):,} bytes)"
         return _from_bytes(data, label, max_bytes=max_bytes, max_pixels=max_pixels)
     if isinstance(src, str):
@@ -121,7 +132,7 @@ def load_image(
         return _from_path(Path(src), max_pixels=max_pixels)
     if _is_upload_entry(src) or _is_upload_value(src):
         return _from_upload_value(src, max_bytes=max_bytes, max_pixels=max_pixels)
-    if hasattr(src, "read"):
+    if callable(getattr(src, "read", None)):
         return _from_file_object(src, max_bytes=max_bytes, max_pixels=max_pixels)
     raise _unsupported_type_error(src)
 
@@ -146,6 +157,7 @@ def load_images(
     >>> [im.size for im in load_images([np.zeros((2, 3)), np.ones((5, 5))])]
     [(3, 2), (5, 5)]
     """
+    _check_options(timeout, max_bytes, max_pixels)
     items = _expand_sources(srcs)
     show = _needs_progress(items) if progress is None else bool(progress)
     if show:
@@ -159,6 +171,20 @@ def _needs_progress(items: list[Any]) -> bool:
     """Auto rule: a bar for many items that take I/O or decoding; in-memory pictures load instantly."""
     to_read = [item for item in items if not isinstance(item, (Image.Image, np.ndarray))]
     return len(to_read) > PROGRESS_THRESHOLD
+
+
+def _check_options(timeout: Any, max_bytes: Any, max_pixels: Any) -> None:
+    """Refuse limits that are not positive numbers (``timeout=None`` would let a download hang)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ImageLoadError(
+            f"timeout={shown(repr(timeout), 60)} is not a positive number of seconds; pass e.g. timeout=10."
+        )
+    for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ImageLoadError(
+                f"{name}={shown(repr(value), 60)} is not a positive whole number; "
+                f"pass e.g. {name}=50_000_000, or {name}=None for no limit."
+            )
 
 
 def iter_upload(value: Any) -> list[tuple[str, bytes]]:
@@ -196,12 +222,19 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     path = Path(folder).expanduser()
     if not path.is_dir():
         if path.exists():
-            raise ImageLoadError(f"'{path}' is a file, not a folder; use load_image(path) to load a single image.")
-        raise ImageLoadError(f"No such folder '{path}'; check the path (current folder is '{Path.cwd()}').")
-    files = [
-        p for p in path.iterdir()
-        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    ]
+            raise ImageLoadError(
+                f"'{shown(str(path))}' is a file, not a folder; use load_image(path) to load a single image."
+            )
+        raise ImageLoadError(f"No such folder '{shown(str(path))}'; check the path (current folder is '{Path.cwd()}').")
+    try:
+        files = [
+            p for p in path.iterdir()
+            if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        ]
+    except OSError as err:
+        raise ImageLoadError(
+            f"Cannot list folder '{shown(str(path))}' ({err.strerror or type(err).__name__}); check its permissions."
+        ) from err
     return sorted(files, key=lambda p: p.name)
 
 
@@ -222,6 +255,10 @@ def _expand_sources(srcs: Any) -> list[Any]:
     if type(srcs).__name__ == "FileUpload" and not getattr(srcs, "value", None):
         raise ImageLoadError("The FileUpload widget is empty; pick one or more files with its button first.")
     srcs = _unwrap_widget(srcs)
+    if isinstance(srcs, str) and not srcs.strip():
+        raise _empty_string_error()
+    if isinstance(srcs, str) and _scheme(srcs) == "file":
+        srcs = _file_url_path(srcs.strip())
     if isinstance(srcs, (str, os.PathLike)) and not _is_remote(srcs):
         return _expand_path_like(srcs)
     if _is_upload_value(srcs) or _is_upload_entry(srcs):
@@ -246,28 +283,72 @@ def _expand_path_like(src: str | os.PathLike) -> list[Any]:
         files = image_files(path)
         if not files:
             raise ImageLoadError(
-                f"Folder '{path}' has no image files; put images there ({', '.join(IMAGE_EXTENSIONS)}) "
+                f"Folder '{shown(str(path))}' has no image files; put images there ({', '.join(IMAGE_EXTENSIONS)}) "
                 "or pass a list of paths."
             )
         return files
     if not exists and glob.has_magic(str(path)):
         matches = sorted(p for p in glob.glob(str(path)) if os.path.isfile(p))
         if not matches:
-            raise ImageLoadError(f"No file matches the pattern '{path}'; check the pattern and the folder.")
+            raise ImageLoadError(f"No file matches the pattern '{shown(str(path))}'; check the pattern and the folder.")
         return [Path(p) for p in matches]
     return [path]
 
 
 def _from_string(src: str, *, timeout: float, max_bytes: int, max_pixels: int | None) -> Image.Image:
-    """A string is a URL, a ``data:`` URL or a path."""
+    """A string is a URL (``http(s)://``, ``file://`` or ``data:``) or a path."""
     stripped = src.strip()
-    if stripped[:5].lower() == "data:":
+    scheme = _scheme(stripped)
+    if not stripped:
+        raise _empty_string_error()
+    if scheme == "data":
         return _from_data_url(stripped, max_bytes=max_bytes, max_pixels=max_pixels)
     if _is_url(stripped):
-        data, content_type = _fetch_url(stripped, timeout=timeout, max_bytes=max_bytes)
-        label = f"URL '{_short(stripped)}'"
+        data, content_type = fetch_url(stripped, timeout=timeout, max_bytes=max_bytes)
+        label = f"URL '{short_url(stripped)}'"
         return _from_bytes(data, label, max_bytes=max_bytes, max_pixels=max_pixels, url_content_type=content_type)
+    if scheme == "file":
+        return _from_path(_file_url_path(stripped), max_pixels=max_pixels)
+    if scheme and not os.path.lexists(src):
+        if scheme.lower() in ("http", "https"):
+            raise ImageLoadError(
+                f"URL '{short_url(stripped)}' lacks the '//' after '{scheme}:'; "
+                f"write it as {scheme}://host/path/image.png."
+            )
+        if stripped[len(scheme) + 1 :].startswith("//"):
+            raise ImageLoadError(
+                f"'{short_url(stripped)}' uses the {scheme}:// scheme, which load_image cannot fetch; "
+                "download the file and pass its path, or use an http(s):// URL."
+            )
+    if looks_like_base64_image(stripped):
+        raise ImageLoadError(
+            f"The string '{short_url(stripped, 40)}' ({len(stripped):,} characters) is base64 image data, not a path; "
+            "pass 'data:image/png;base64,' + s or base64.b64decode(s)."
+        )
+    if stripped != src and not os.path.lexists(src) and os.path.lexists(stripped):
+        src = stripped  # a path pasted with a stray space or newline
     return _from_path(Path(src), max_pixels=max_pixels)
+
+
+def _scheme(src: str) -> str | None:
+    """The URL scheme of ``src`` (``"http"``, ``"file"``, ...), or ``None``; a Windows drive letter is none."""
+    match = _SCHEME.match(src.strip())
+    return match.group(1).lower() if match and len(match.group(1)) > 1 else None
+
+
+def _file_url_path(url: str) -> Path:
+    """The local path of a ``file://`` URL; other hosts are refused."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ImageLoadError(
+            f"URL '{short_url(url)}' names the remote host '{shown(parts.netloc)}'; "
+            "copy the file here and pass its path, or write file:///path for a local file."
+        )
+    return Path(urllib.request.url2pathname(parts.path))
+
+
+def _empty_string_error() -> ImageLoadError:
+    return ImageLoadError("The image source is an empty string; pass a file path or an http(s):// or data: URL.")
 
 
 def _is_url(src: Any) -> bool:
@@ -280,25 +361,32 @@ def _is_remote(src: Any) -> bool:
 
 
 def _from_path(path: Path, *, max_pixels: int | None) -> Image.Image:
-    """Load a file from disk after checking that it exists, is a file and is not empty."""
+    """Load a file from disk after checking that it exists and is not a folder."""
     path = path.expanduser()
-    label = f"file '{path}'"
+    name = shown(str(path))
+    label = f"file '{name}'"
     try:
-        exists, is_dir = path.exists(), path.is_dir()
-    except (OSError, ValueError) as err:  # e.g. a name too long, or a NUL character
-        raise ImageLoadError(f"'{_short(str(path))}' is not a valid file path; check the string you passed.") from err
-    if not exists:
-        raise ImageLoadError(f"No such file '{path}'; check the path (current folder is '{Path.cwd()}').")
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _missing_file_error(path) from None
+    except (OSError, ValueError) as err:  # a name too long, a NUL character, a symlink loop, a locked folder
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ImageLoadError(f"'{name}' is not a usable file path ({reason}); check the string you passed.") from None
     if is_dir:
-        raise ImageLoadError(f"'{path}' is a folder; use load_images(folder) to load every image in it.")
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
-    except OSError as err:
-        raise ImageLoadError(f"Cannot read {label} ({type(err).__name__}); check its permissions.") from err
-    if not head:
-        raise ImageLoadError(f"File '{path}' is empty (0 bytes); re-download or re-export the image.")
-    return decode(path, head, label, max_pixels=max_pixels)
+        raise ImageLoadError(f"'{name}' is a folder; use load_images(folder) to load every image in it.")
+    return decode_file(path, label, max_pixels=max_pixels)
+
+
+def _missing_file_error(path: Path) -> ImageLoadError:
+    """Why ``path`` does not exist, with the likeliest fix."""
+    name, text = shown(str(path)), str(path)
+    if os.path.islink(path):
+        return ImageLoadError(f"'{name}' is a symbolic link to a missing file; fix the link or pass the file itself.")
+    if glob.has_magic(text) and glob.glob(text):
+        return ImageLoadError(f"'{name}' is a pattern and load_image loads one file; use load_images('{name}').")
+    if re.match(r"(www\.|[\w-]+\.(com|org|net|io)/)", text):
+        return ImageLoadError(f"No such file '{name}'; if it is a web address, put https:// in front of it.")
+    return ImageLoadError(f"No such file '{name}'; check the path (current folder is '{Path.cwd()}').")
 
 
 def _from_bytes(
@@ -317,37 +405,34 @@ def _from_bytes(
     return decode(BytesIO(data), data[:_SNIFF_BYTES], label, max_pixels=max_pixels, url_content_type=url_content_type)
 
 
-def _from_file_object(fh: Any, *, max_bytes: int, max_pixels: int | None) -> Image.Image:
+def _from_file_object(fh: Any, *, max_bytes: int | None, max_pixels: int | None) -> Image.Image:
     """Read at most ``max_bytes + 1`` bytes from a binary file-like object."""
     name = getattr(fh, "name", None)
-    label = f"file object '{name}'" if isinstance(name, (str, os.PathLike)) else f"{type(fh).__name__} object"
+    named = isinstance(name, (str, os.PathLike))
+    label = f"file object '{shown(str(name))}'" if named else f"{type(fh).__name__} object"
     try:
-        data = fh.read(max_bytes + 1) if max_bytes is not None else fh.read()
-    except (OSError, ValueError) as err:
-        raise ImageLoadError(f"Cannot read from {label} ({type(err).__name__}); is it open and readable?") from err
+        data = "" if isinstance(fh, TextIOBase) else fh.read(max_bytes + 1) if max_bytes is not None else fh.read()
+        at_end = not data and callable(getattr(fh, "tell", None)) and fh.tell() > 0
+    except (OSError, ValueError, TypeError) as err:
+        why = "it is closed" if getattr(fh, "closed", False) is True else type(err).__name__
+        raise ImageLoadError(
+            f"Cannot read from {label} ({why}); open it with open(path, 'rb') and pass it unread."
+        ) from err
     if isinstance(data, str):
         raise ImageLoadError(f"{sentence_start(label)} was opened in text mode; open it with open(path, 'rb') instead.")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageLoadError(
+            f"{sentence_start(label)} gave {type(data).__name__}, not bytes; pass a binary file object."
+        )
+    if at_end:
+        raise ImageLoadError(f"{sentence_start(label)} was already read to the end; call .seek(0) on it first.")
     return _from_bytes(bytes(data), label, max_bytes=max_bytes, max_pixels=max_pixels)
 
 
-def _from_data_url(url: str, *, max_bytes: int, max_pixels: int | None) -> Image.Image:
+def _from_data_url(url: str, *, max_bytes: int | None, max_pixels: int | None) -> Image.Image:
     """Decode a ``data:[<mediatype>][;base64],<data>`` URL."""
     label = f"data: URL ({len(url):,} characters)"
-    header, sep, payload = url[5:].partition(",")
-    if not sep:
-        raise ImageLoadError(
-            f"{sentence_start(label)} has no ',' separating header and data; expected data:image/png;base64,...."
-        )
-    if max_bytes is not None and len(payload) > 3 * max_bytes + 16:
-        raise too_many_bytes_error(label, max_bytes)
-    if header.lower().endswith(";base64"):
-        try:
-            data = base64.b64decode(re.sub(r"\s+", "", urllib.parse.unquote(payload)), validate=True)
-        except (binascii.Error, ValueError) as err:
-            raise ImageLoadError(f"{sentence_start(label)} holds invalid base64 data; copy the whole URL again.") from err
-    else:
-        data = urllib.parse.unquote_to_bytes(payload)
-    return _from_bytes(data, label, max_bytes=max_bytes, max_pixels=max_pixels)
+    return _from_bytes(data_url_bytes(url, label, max_bytes), label, max_bytes=max_bytes, max_pixels=max_pixels)
 
 
 def _unsupported_type_error(src: Any) -> ImageLoadError:
@@ -357,6 +442,10 @@ def _unsupported_type_error(src: Any) -> ImageLoadError:
         hint = " (for several images use load_images)"
     elif type(src).__module__.split(".")[0] == "torch":
         hint = " (for a CHW tensor use tensor.permute(1, 2, 0).cpu().numpy())"
+    elif type(src).__module__.split(".")[0] == "requests":
+        hint = " (for a download pass response.content)"
+    elif isinstance(src, Mapping) and ("bytes" in src or "path" in src):
+        hint = " (for a datasets image dict pass its 'bytes' or 'path')"
     return ImageLoadError(f"Cannot load an image from an object of type {kind}{hint}; pass {_ACCEPTED}.")
 
 
@@ -388,12 +477,16 @@ def _entry_pair(entry: Any, fallback_name: str = "upload") -> tuple[str, bytes]:
         )
     metadata = entry.get("metadata")
     name = entry.get("name") or (metadata.get("name") if isinstance(metadata, Mapping) else None) or fallback_name
-    content = entry["content"]
-    if not isinstance(content, (bytes, bytearray, memoryview)):
+    name, content = shown(str(name)), entry["content"]
+    try:
+        if not isinstance(content, (bytes, bytearray, memoryview)):
+            raise TypeError(type(content).__name__)
+        return name, bytes(content)
+    except (TypeError, ValueError):  # not bytes, or a released memoryview
         raise ImageLoadError(
-            f"Upload '{name}' has content of type {type(content).__name__}, not bytes; pass upload.value unchanged."
-        )
-    return str(name), bytes(content)
+            f"Upload '{name}' has content of type {type(content).__name__} that is not readable bytes; "
+            "pass upload.value unchanged."
+        ) from None
 
 
 def _load_upload(upload: _Upload, *, max_bytes: int, max_pixels: int | None) -> Image.Image:
@@ -408,77 +501,3 @@ def _from_upload_value(value: Any, *, max_bytes: int, max_pixels: int | None) ->
             f"The upload holds {len(pairs)} files; use load_images(upload.value) to load all of them."
         )
     return _load_upload(_Upload(*pairs[0]), max_bytes=max_bytes, max_pixels=max_pixels)
-
-
-# --------------------------------------------------------------------------------------------------
-# URL fetching
-# --------------------------------------------------------------------------------------------------
-
-
-def _fetch_url(url: str, *, timeout: float, max_bytes: int) -> tuple[bytes, str]:
-    """Download ``url`` and return ``(body, content_type)``, reading at most ``max_bytes + 1`` bytes."""
-    label = f"URL '{_short(url)}'"
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.8"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            _check_content_length(response, label, max_bytes)
-            data = response.read(max_bytes + 1) if max_bytes is not None else response.read()
-            content_type = response.headers.get_content_type() or ""
-    except urllib.error.HTTPError as err:
-        err.close()
-        raise _http_status_error(label, err) from err
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise _network_error(label, err, timeout) from err
-    if max_bytes is not None and len(data) > max_bytes:
-        raise too_many_bytes_error(label, max_bytes)
-    return data, content_type
-
-
-def _check_content_length(response: Any, label: str, max_bytes: int | None) -> None:
-    length = response.headers.get("Content-Length")
-    if max_bytes is not None and length and length.isdigit() and int(length) > max_bytes:
-        raise too_many_bytes_error(label, max_bytes)
-
-
-def _http_status_error(label: str, err: urllib.error.HTTPError) -> ImageLoadError:
-    code = err.code
-    if code == 404:
-        todo = "the address is wrong or the image was removed; open it in a browser to check"
-    elif code in (401, 403):
-        todo = "the site refuses this download; download the file in a browser and load it from disk"
-    elif code == 429:
-        todo = "the site is rate-limiting you; wait a minute and try again"
-    elif code >= 500:
-        todo = "the server has a problem; try again later or use another copy of the image"
-    else:
-        todo = "open it in a browser to check the address"
-    reason = str(err.reason or "").replace("\n", " ")
-    return ImageLoadError(f"Downloading {label} failed with HTTP {code} {reason}".rstrip() + f"; {todo}.")
-
-
-def _network_error(label: str, err: BaseException, timeout: float) -> ImageLoadError:
-    reason = getattr(err, "reason", err)
-    if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in str(reason):
-        return ImageLoadError(
-            f"Downloading {label} timed out after {timeout:g} s; check your connection or pass a larger timeout=."
-        )
-    if isinstance(reason, ConnectionRefusedError):
-        return ImageLoadError(
-            f"Downloading {label} failed: connection refused; "
-            "check the host and port, or whether the server is running."
-        )
-    if isinstance(reason, socket.gaierror):
-        return ImageLoadError(
-            f"Downloading {label} failed: the host name could not be resolved; "
-            "check the URL and your internet connection."
-        )
-    detail = str(reason).replace("\n", " ")[:200]
-    return ImageLoadError(
-        f"Downloading {label} failed ({type(reason).__name__}: {detail}); check the URL and your internet connection."
-    )
-
-
-def _short(url: str, limit: int = 120) -> str:
-    """A URL shortened for messages, never more than ``limit`` characters, on one line."""
-    url = url.replace("\n", "").replace("\r", "")
-    return url if len(url) <= limit else url[: limit - 1] + "…"
