@@ -67,6 +67,9 @@ D_ABS_DEFAULTS: dict[str, Any] = {
 }
 
 _DEFAULTS = {"c-abs": C_ABS_DEFAULTS, "d-abs": D_ABS_DEFAULTS}
+#: Abstractor settings that are counts or sizes, with their smallest allowed value.
+_COUNTS = {"num_eos_tokens": 0, "hidden_size": 1, "depth": 1, "mlp_depth": 1, "d_model": 1, "decoder_layers": 1,
+           "decoder_attention_heads": 1, "decoder_n_points": 1, "decoder_ffn_dim": 1}  # fmt: skip
 
 
 def abstractor_defaults(projector_type: str) -> dict[str, Any]:
@@ -75,7 +78,7 @@ def abstractor_defaults(projector_type: str) -> dict[str, Any]:
     >>> abstractor_defaults("d-abs")["decoder_n_points"]
     4
     """
-    if projector_type not in _DEFAULTS:
+    if not isinstance(projector_type, str) or projector_type not in _DEFAULTS:
         raise HoneybeeError(f"projector_type {projector_type!r} is not supported; use 'c-abs' or 'd-abs'.")
     return dict(_DEFAULTS[projector_type])
 
@@ -93,8 +96,12 @@ def checked_abstractor(settings: dict[str, Any] | None) -> dict[str, Any]:
     settings = dict(settings or {})
     merged = {**abstractor_defaults(settings.get("projector_type", "c-abs")), **settings}
     queries = merged["num_queries"]
-    if not isinstance(queries, int) or not _is_square(queries):
+    if isinstance(queries, bool) or not isinstance(queries, int) or not _is_square(queries):
         raise HoneybeeError(f"abstractor num_queries must be a square number (e.g. 144 = 12x12); got {queries!r}.")
+    for key, least in _COUNTS.items():
+        value = merged.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise HoneybeeError(f"abstractor {key} must be a whole number >= {least}; got {value!r}.")
     if merged["projector_type"] == "d-abs":
         if merged["num_feature_levels"] != 1:
             raise HoneybeeError("Only single-level D-Abstractors (num_feature_levels=1) are supported, as released.")
@@ -138,6 +145,9 @@ class HoneybeeConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         self.abstractor_config = checked_abstractor(self.abstractor_config)
+        sizes = (self.vision_config.image_size, self.vision_config.patch_size)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+            raise HoneybeeError(f"vision_config image_size and patch_size must be positive whole numbers; got {sizes}.")
         side = self.vision_config.image_size // self.vision_config.patch_size
         if not _is_square(side * side) or side * side < self.abstractor_config["num_queries"]:
             raise HoneybeeError(

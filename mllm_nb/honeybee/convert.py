@@ -24,6 +24,7 @@ import mmap
 import os
 import pickle
 import re
+import shutil
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -34,6 +35,9 @@ from typing import Any
 import torch
 
 from mllm_nb.honeybee.configuration import HoneybeeConfig, HoneybeeError, abstractor_defaults
+from mllm_nb.honeybee.release_checks import (
+    check_generation_values, check_release_values, checked_section, member_path, read_json_object,
+)  # fmt: skip
 
 DEFAULT_TOKENIZER = "lmsys/vicuna-7b-v1.5"
 MAX_SHARD_BYTES = 2_000_000_000
@@ -71,7 +75,7 @@ def _clean_sub_config(old: dict[str, Any], cls: type, keep: tuple[str, ...] = ()
 
 
 def _abstractor_settings(old: dict[str, Any]) -> dict[str, Any]:
-    projector = dict(old.get("visual_projector_config") or {})
+    projector = dict(checked_section(old, "visual_projector_config"))
     kind = projector.get("projector_type")
     if kind not in ("c-abs", "d-abs"):
         raise HoneybeeError(f"Projector type {kind!r} is not supported; Honeybee releases use 'c-abs' or 'd-abs'.")
@@ -100,12 +104,14 @@ def convert_config(old: dict[str, Any], image_token_id: int | None = None) -> Ho
     """
     from transformers import CLIPVisionConfig, LlamaConfig
 
-    if old.get("model_type") != "mllm" or "visual_projector_config" not in old:
+    if not isinstance(old, dict) or old.get("model_type") != "mllm" or "visual_projector_config" not in old:
+        kind = old.get("model_type") if isinstance(old, dict) else type(old).__name__
         raise HoneybeeError(
-            f"This config.json is not an official Honeybee release config (model_type {old.get('model_type')!r}, "
+            f"This config.json is not an official Honeybee release config (model_type {kind!r}, "
             "expected 'mllm' with a visual_projector_config); pass the <NAME>/last folder of the release."
         )
-    vision, text = old.get("vision_config") or {}, old.get("text_config") or {}
+    check_release_values(old)
+    vision, text = checked_section(old, "vision_config"), checked_section(old, "text_config")
     if vision.get("model_type", "clip_vision_model") != "clip_vision_model":
         raise HoneybeeError(f"Vision tower {vision.get('model_type')!r} is not supported; releases use CLIP.")
     if text.get("model_type", "llama") != "llama":
@@ -114,16 +120,25 @@ def convert_config(old: dict[str, Any], image_token_id: int | None = None) -> Ho
     if text_config.get("rope_scaling") is None:
         text_config.pop("rope_scaling", None)
     settings = _abstractor_settings(old)
-    layer = (old.get("visual_projector_config") or {}).get("feature_layer_index", -1)
-    return HoneybeeConfig(
-        vision_config=_clean_sub_config(vision, CLIPVisionConfig),
-        text_config=text_config,
-        abstractor_config=settings,
-        image_token_id=int(image_token_id if image_token_id is not None else text_config.get("vocab_size", 32000)),
-        vision_feature_layer=int(layer),
-        architectures=["HoneybeeForConditionalGeneration"],
-        dtype=old.get("torch_dtype") or text.get("torch_dtype"),
-    )
+    layer = checked_section(old, "visual_projector_config").get("feature_layer_index", -1)
+    dtype = old.get("torch_dtype") or text.get("torch_dtype")
+    try:
+        return HoneybeeConfig(
+            vision_config=_clean_sub_config(vision, CLIPVisionConfig),
+            text_config=text_config,
+            abstractor_config=settings,
+            image_token_id=int(image_token_id if image_token_id is not None else text_config.get("vocab_size", 32000)),
+            vision_feature_layer=int(layer),
+            architectures=["HoneybeeForConditionalGeneration"],
+            dtype=dtype.removeprefix("torch.") if isinstance(dtype, str) else dtype,
+        )
+    except HoneybeeError:
+        raise
+    except Exception as err:
+        raise HoneybeeError(
+            f"The release config.json holds values a Honeybee model cannot be built from ({_first_line(err)}); "
+            "re-extract the release or restore the official config.json."
+        ) from err
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -148,11 +163,17 @@ def release_folder(src: str | os.PathLike) -> Path:
 def _shard_files(folder: Path) -> list[Path]:
     index = folder / "pytorch_model.bin.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [name for name in names if not (folder / name).is_file()]
+        weight_map = read_json_object(index, "the shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise HoneybeeError(
+                f"'{index}' has no weight_map object naming the shards (found {type(weight_map).__name__}); "
+                "re-extract the release archive."
+            )
+        paths = {member_path(folder, name, f"'{index.name}'") for name in weight_map.values()}
+        missing = sorted(path.name for path in paths if not path.is_file())
         if missing:
             raise HoneybeeError(f"The release in '{folder}' lacks {missing[0]} named by its index; re-extract it.")
-        return [folder / name for name in names]
+        return sorted(paths)
     shards = sorted(folder.glob("pytorch_model*.bin"))
     if not shards:
         raise HoneybeeError(f"No pytorch_model*.bin weights in '{folder}'; re-extract the release archive.")
@@ -185,12 +206,16 @@ def load_shard(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             f"Refusing to load '{path.name}': its pickle needs more than tensors ({name}, which could run "
             "code when opened); only load checkpoints from the official release or another source you trust."
         ) from err
-    except (RuntimeError, OSError, EOFError) as err:
+    except Exception as err:
         raise HoneybeeError(
-            f"'{path}' is not a readable PyTorch checkpoint ({_first_line(err)}); re-extract it."
+            f"'{path}' is not a readable PyTorch checkpoint ({type(err).__name__}: {_first_line(err)}); re-extract it."
         ) from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise HoneybeeError(f"'{path.name}' is not a state dict of tensors; is it a Honeybee release shard?")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise HoneybeeError(
+            f"'{path.name}' is not a state dict of tensors; pass the folder of an official Honeybee release "
+            "or re-extract it."
+        )
     return state, mapped
 
 
@@ -235,7 +260,7 @@ def new_key(old: str) -> str | None:
     for prefix, replacement in RENAMES:
         if old.startswith(prefix):
             return replacement + old[len(prefix) :]
-    raise HoneybeeError(f"Unexpected tensor {old!r} in the release; is this a Honeybee checkpoint?")
+    raise HoneybeeError(f"Unexpected tensor {old!r} in the release; pass the folder of an official Honeybee release.")
 
 
 def _transform(name: str, tensor: torch.Tensor, config: HoneybeeConfig) -> Callable | None:
@@ -260,27 +285,54 @@ def _plan(
     return entries
 
 
-def _expected_shapes(config: HoneybeeConfig) -> dict[str, tuple[int, ...]]:
+def _load_shards(paths: list[Path]) -> list[tuple[dict[str, torch.Tensor], bool]]:
+    """Every shard loaded, refusing a tensor name that two shards both hold (which copy would be right?)."""
+    shards, seen = [], {}
+    for path in paths:
+        state, mapped = load_shard(path)
+        for name in state:
+            if seen.setdefault(name, path.name) != path.name:
+                raise HoneybeeError(
+                    f"The tensor {name!r} is in both {seen[name]} and {path.name}; the release mixes two "
+                    "checkpoints, re-extract it from one archive."
+                )
+        shards.append((state, mapped))
+    return shards
+
+
+def _expected_tensors(config: HoneybeeConfig) -> dict[str, torch.Tensor]:
     from mllm_nb.honeybee.modeling import HoneybeeForConditionalGeneration
 
-    with torch.device("meta"):
-        model = HoneybeeForConditionalGeneration(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    try:
+        with torch.device("meta"):
+            model = HoneybeeForConditionalGeneration(config)
+    except HoneybeeError:
+        raise
+    except Exception as err:
+        raise HoneybeeError(
+            f"No Honeybee model can be built from the release config.json ({type(err).__name__}: "
+            f"{_first_line(err)}); re-extract the release or restore the official config.json."
+        ) from err
+    return model.state_dict()
 
 
 def _check_against_model(entries: list[_Entry], config: HoneybeeConfig) -> None:
     """Every tensor the model needs is there, with its shape, and nothing else."""
-    expected = _expected_shapes(config)
+    tensors = _expected_tensors(config)
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
+        tensors.pop("lm_head.weight", None)
+    expected = {name: tuple(t.shape) for name, t in tensors.items()}
     found = {entry.name: entry.shape for entry in entries}
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     wrong = sorted(name for name in set(found) & set(expected) if found[name] != expected[name])
-    if missing or extra or wrong:
+    kind = sorted((e.name, str(e.source.dtype)) for e in entries
+                  if e.name in tensors and e.source.is_floating_point() != tensors[e.name].is_floating_point())
+    if missing or extra or wrong or kind:
         detail = (
             f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
             else f"{wrong[0]} has shape {list(found[wrong[0]])}, the config asks for {list(expected[wrong[0]])}"
+            if wrong else f"{kind[0][0]} holds {kind[0][1]} values, the model needs {tensors[kind[0][0]].dtype}"
         )
         raise HoneybeeError(f"The release weights do not match its config.json ({detail}); re-extract the archive.")
 
@@ -425,13 +477,27 @@ def _check_destination(dst: Path, release: Path, overwrite: bool) -> None:
     existing = [p.name for p in dst.glob("*") if p.name.startswith(("model", "config.json"))] if dst.is_dir() else []
     if existing and not overwrite:
         raise HoneybeeError(f"'{dst}' already holds a model ({existing[0]}); pick a new folder or pass overwrite=True.")
-    if dst.exists() and not dst.is_dir():
-        raise HoneybeeError(f"'{dst}' is a file; pass a folder as dst.")
+    blocking = next((p for p in (dst, *dst.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise HoneybeeError(f"'{blocking}' is a file, so '{dst}' cannot be a folder; pass another folder as dst.")
+
+
+def _check_free_space(dst: Path, need: int) -> None:
+    existing = next(p for p in (dst, *dst.parents) if p.exists())
+    usage = shutil.disk_usage(existing)
+    free = usage.free
+    if usage.total and free < need:  # total 0: a pseudo file system (/proc); writing there fails on its own
+        raise HoneybeeError(
+            f"Not enough disk space for the converted model in '{existing}': it needs about {need / 1e9:.1f} GB "
+            f"but {free / 1e9:.1f} GB are free; free some space or pass another dst."
+        )
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None:
         return None
+    if not isinstance(dtype, (str, torch.dtype)):
+        raise HoneybeeError(f"dtype={dtype!r} is not supported; use None (keep), 'float16', 'bfloat16' or 'float32'.")
     resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
     if resolved not in (torch.float16, torch.bfloat16, torch.float32):
         raise HoneybeeError(f"dtype={dtype!r} is not supported; use None (keep), 'float16', 'bfloat16' or 'float32'.")
@@ -463,41 +529,66 @@ def convert(
 
     from mllm_nb.honeybee.processing import HoneybeeImageProcessor, HoneybeeProcessor
 
+    for value, what in ((src, "src"), (dst, "dst")):
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise HoneybeeError(f"{what}={value!r} is not a folder path; pass a str or pathlib.Path.")
+    if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) or max_shard_size < 1:
+        raise HoneybeeError(
+            f"max_shard_size={max_shard_size!r} must be a positive whole number of bytes, e.g. 2_000_000_000."
+        )
     release, target = release_folder(src), Path(dst).expanduser()
     out_dtype = _dtype(dtype)
     _check_destination(target, release, overwrite)
-    config = convert_config(json.loads((release / "config.json").read_text()))
+    config = convert_config(read_json_object(release / "config.json", "the release config"))
     vocab = int(config.text_config.vocab_size)
     loaded_tokenizer = None if tokenizer is None else _load_tokenizer(release, tokenizer, vocab)
     if loaded_tokenizer is not None:
         config.image_token_id = int(loaded_tokenizer.convert_tokens_to_ids("<image>"))
     if out_dtype is not None:
         config.dtype = out_dtype
-    entries = _plan([load_shard(path) for path in _shard_files(release)], config, out_dtype)
-    target.mkdir(parents=True, exist_ok=True)
-    for stale in [*target.glob("model*.safetensors*"), *(target / name for name in _OUTPUT_FILES)]:
-        stale.unlink(missing_ok=True)  # left by an earlier conversion (overwrite=True)
-    _write_weights(entries, target, max_shard_size, progress)
-    del entries
-    config.save_pretrained(target)
-    _generation_config(release, config, GenerationConfig).save_pretrained(target)
-    side = config.vision_config.image_size
-    image_processor = HoneybeeImageProcessor(size={"height": side, "width": side})
-    if loaded_tokenizer is None:
-        image_processor.save_pretrained(target)
-    else:
-        processor = HoneybeeProcessor(image_processor, loaded_tokenizer, num_visual_tokens=config.num_visual_tokens)
-        processor.save_pretrained(target)
+    entries = _plan(_load_shards(_shard_files(release)), config, out_dtype)
+    generation = _generation_config(release, config, GenerationConfig)
+    _check_free_space(target, sum(entry.nbytes for entry in entries))
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for stale in [*target.glob("model*.safetensors*"), *(target / name for name in _OUTPUT_FILES)]:
+            stale.unlink(missing_ok=True)  # left by an earlier conversion (overwrite=True)
+        _write_weights(entries, target, max_shard_size, progress)
+        del entries
+        config.save_pretrained(target)
+        generation.save_pretrained(target)
+        side = config.vision_config.image_size
+        image_processor = HoneybeeImageProcessor(size={"height": side, "width": side})
+        if loaded_tokenizer is None:
+            image_processor.save_pretrained(target)
+        else:
+            processor = HoneybeeProcessor(image_processor, loaded_tokenizer, num_visual_tokens=config.num_visual_tokens)
+            processor.save_pretrained(target)
+    except OSError as err:
+        raise HoneybeeError(
+            f"Writing the converted model to '{target}' failed ({type(err).__name__}: {_first_line(err)}); "
+            "pass a writable dst with enough free space, then run convert again with overwrite=True."
+        ) from err
     return target
 
 
 def _generation_config(release: Path, config: HoneybeeConfig, cls: type) -> Any:
     """The release's generation config (its sampling defaults), else one from the text config."""
-    if (release / "generation_config.json").is_file():
-        values = json.loads((release / "generation_config.json").read_text())
+    path = release / "generation_config.json"
+    if path.is_file():
+        values = read_json_object(path, "the generation config")
         values.pop("transformers_version", None)
         values.pop("max_length", None)  # 512 in the releases: shorter than a prompt with 576 visual tokens
-        return cls(**values)
+        check_generation_values(values, path)
+        try:
+            generation = cls(**values)
+            generation.validate()
+        except (TypeError, ValueError, AttributeError) as err:
+            raise HoneybeeError(
+                f"'{path}' holds a setting transformers refuses ({_first_line(err)}); delete the file to use "
+                "plain defaults or restore it from the release archive."
+            ) from err
+        return generation
     text = config.text_config
     return cls(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id)
 
