@@ -14,22 +14,34 @@ from __future__ import annotations
 import ctypes
 import importlib
 import importlib.util
+import json
 import logging
 import math
 import os
+import pickle
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
 
-from mllm_nb.errors import ModelLoadError
+from mllm_nb.errors import MllmNbError, ModelLoadError
 from mllm_nb.hardware import PlacementError, choose_placement, dtype_name, format_bytes
 from mllm_nb.upstream import TENSOR_READ_HOOK, tensor_read_hook_expected
 from mllm_nb.vlm import VLM, VLMError
 
 QUANTIZATIONS: tuple[str | None, ...] = ("auto", "4bit", "8bit", None)
+
+# device_map strings that spread the model over the devices there are (accelerate's names)
+_SPREADING = ("auto", "balanced", "balanced_low_0", "sequential")
+
+# config sizes that no checkpoint can have at zero or below (checked in every nested config)
+_POSITIVE_SIZES = frozenset({"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                             "num_key_value_heads", "vocab_size", "head_dim", "max_position_embeddings",
+                             "patch_size", "image_size", "num_channels"})
 
 
 @dataclass(frozen=True)
@@ -63,17 +75,22 @@ def load_vlm(
     """
     from mllm_nb.demo.mode import demo_banner, resolve_model
 
-    requested = os.fspath(model_id)
-    _check_arguments(quantization, device_map, force)
+    requested = _model_id_text(model_id)
+    _check_arguments(quantization, device_map, force, demo)
     path, is_fixture = resolve_model(requested, "vlm", demo)
     device, compute_dtype = _placement(dtype)
+    if not is_fixture and "transformers.models.auto.modeling_auto" not in sys.modules:
+        print(f"Loading transformers and {requested} (the first load in a session takes a while) ...", flush=True)
+    if os.path.isdir(path):
+        check_checkpoint_folder(path, requested)
     config = _read_config(path, requested)
     if is_fixture:
         print(demo_banner(requested, path, _fixture_role(requested, config)))
     stored = stored_quantization(config)
-    if stored is not None:  # a pre-quantized checkpoint (e.g. unsloth's -bnb-4bit repos) loads as it was saved
+    if stored is not None:  # a pre-quantized checkpoint (e.g. unsloth's -bnb-4bit) loads as it was saved
         quantization = _check_stored_quantization(requested, stored, quantization)
-    choice = _choose_quantization(path, requested, quantization, None if dtype == "auto" else compute_dtype, force)
+    planned_dtype = None if dtype == "auto" else compute_dtype
+    choice = _choose_quantization(path, requested, quantization, planned_dtype, force)
     model, processor = _from_pretrained(
         path, requested, None if stored else choice.quantization, compute_dtype,
         _device_map(device_map, device, choice), is_fixture,
@@ -87,13 +104,49 @@ def load_vlm(
 # ------------------------------------------------------------------------------------ arguments
 
 
-def _check_arguments(quantization: Any, device_map: Any, force: Any) -> None:
+def _model_id_text(model_id: Any) -> str:
+    """The Hub id or folder as text; spaces around an id that is not a path are dropped (a pasting slip)."""
+    text = os.fspath(model_id) if isinstance(model_id, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text.strip():
+        shown = repr(model_id) if len(repr(model_id)) <= 80 else f"a {type(model_id).__name__}"
+        raise VLMError(
+            f"model_id must be a Hub id such as 'llava-hf/llava-1.5-7b-hf' or the path of a model folder; got {shown}."
+        )
+    return text if os.path.exists(text) else text.strip()
+
+
+def _check_arguments(quantization: Any, device_map: Any, force: Any, demo: Any = None) -> None:
     if quantization not in QUANTIZATIONS:
         raise VLMError(f"quantization={quantization!r} is not supported; use 'auto', '4bit', '8bit' or None.")
     if not isinstance(device_map, (str, dict)):
         raise VLMError(f"device_map={device_map!r} must be 'auto', a device name such as 'cpu', or a dict.")
     if not isinstance(force, bool):
         raise VLMError(f"force must be True or False; got {force!r}.")
+    if demo is not None and not isinstance(demo, bool):
+        raise VLMError(f"demo must be True, False or None (None reads MLLM_NB_DEMO); got {demo!r}.")
+    targets = [] if device_map in _SPREADING else [device_map] if isinstance(device_map, str) else device_map.values()
+    for target in targets:
+        _check_device(target, device_map)
+
+
+def _check_device(target: Any, device_map: Any) -> None:
+    """Refuse a device_map entry that is no device, or a device this machine lacks (before any weight moves)."""
+    try:
+        device = torch.device("cpu" if target == "disk" else target) if not isinstance(target, bool) else None
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None:  # a word such as 'gpu', or a bool
+        raise VLMError(
+            f"device_map={device_map!r} names {target!r}, which is not a device; "
+            "use 'auto', 'cpu', 'cuda:0' or a dict of module names to such devices."
+        )
+    backend = getattr(torch, device.type, None)
+    count = backend.device_count() if hasattr(backend, "device_count") and backend.is_available() else 0
+    if device.type not in ("cpu", "meta") and (device.index or 0) >= count:
+        raise VLMError(
+            f"device_map={device_map!r} asks for {device}, but this machine has {count} {device.type} device(s); "
+            "use device_map='auto' to take the GPU there is (or the CPU), or 'cpu'."
+        )
 
 
 def _placement(dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:
@@ -103,6 +156,102 @@ def _placement(dtype: torch.dtype | str) -> tuple[torch.device, torch.dtype]:
     except PlacementError as err:
         raise VLMError(str(err)) from err
     return placement.device, placement.dtype
+
+
+# ---------------------------------------------------------------------------------- the folder
+
+
+def check_checkpoint_folder(folder: str | os.PathLike, requested: str | None = None) -> None:
+    """Refuse a local checkpoint whose config, JSON files, shard index or safetensors headers are broken, in one
+    sentence (:class:`ModelLoadError`), before transformers or the planner trips on them.
+
+    >>> check_checkpoint_folder("/no/such/folder")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    mllm_nb.errors.ModelLoadError: '/no/such/folder' has no config.json, ...
+    """
+    root = Path(folder)
+    name = requested or str(folder)
+    if not (root / "config.json").is_file():
+        raise ModelLoadError(
+            f"{name!r} has no config.json, so it is not a saved model folder; pass the folder that "
+            "save_pretrained wrote, or a Hub id such as 'llava-hf/llava-1.5-7b-hf'."
+        )
+    for file in sorted(root.glob("*.json")):
+        data = _read_json(file, name)
+        if file.name == "config.json" and (not isinstance(data, dict) or "model_type" not in data):
+            problem = "has no model_type" if isinstance(data, dict) else f"holds a {type(data).__name__}, not an object"
+            raise ModelLoadError(
+                f"config.json in {name!r} {problem}, so transformers cannot tell which model it is; "
+                "download the checkpoint again or re-save it with save_pretrained."
+            )
+        if file.name == "config.json":
+            _check_sizes(data, name)
+        elif file.name.endswith(".index.json"):
+            _check_index(root, file.name, data, name)
+    weights = sorted(root.glob("*.safetensors"))
+    for file in weights:
+        _check_safetensors(file, name)
+    if not weights and not any(root.glob("*.bin")) and not any(root.glob("*.index.json")):
+        raise ModelLoadError(f"{name!r} has a config.json but no weights (*.safetensors); download the whole folder.")
+
+
+def _read_json(file: Path, name: str) -> Any:
+    """The file's JSON, or one sentence saying which file is broken and how."""
+    try:
+        with open(file, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno}, column {err.colno}" if file.stat().st_size else "the file is empty"
+        problem = f"is not valid JSON ({err.msg}, {where})"
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text"
+    except OSError as err:
+        problem = f"cannot be read ({err.strerror or type(err).__name__})"
+    raise ModelLoadError(
+        f"{file.name} in {name!r} {problem}; download the checkpoint again or re-save it with save_pretrained."
+    )
+
+
+def _check_sizes(config: dict, name: str, prefix: str = "") -> None:
+    """Refuse impossible sizes (zero or negative layers, widths, vocabularies), which would load silently wrong."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            _check_sizes(value, name, f"{prefix}{key}.")
+        elif key in _POSITIVE_SIZES and isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise ModelLoadError(
+                f"config.json of {name!r} sets {prefix}{key} to {value}, which no model can have; "
+                "fix config.json (it must be a positive number) or download the checkpoint again."
+            )
+
+
+def _check_index(root: Path, index_name: str, data: Any, name: str) -> None:
+    """A shard index must map weights to files inside the folder (never ``..`` or absolute paths) that exist."""
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(
+            f"{index_name} in {name!r} has no weight_map of weight names to shard files; "
+            "download the checkpoint again or re-save it with save_pretrained."
+        )
+    for shard in sorted(set(weight_map.values())):
+        parts = PurePath(shard).parts
+        if not parts or PurePath(shard).is_absolute() or ".." in parts or "\\" in shard or ":" in shard:
+            raise ModelLoadError(
+                f"{index_name} in {name!r} points at {shard!r}, outside the model folder, so it was refused; "
+                "use a checkpoint whose index names only files in its own folder."
+            )
+        if not (root / shard).is_file():
+            raise ModelLoadError(f"{name!r} lacks the shard {shard!r} that {index_name} lists; download it again.")
+
+
+def _check_safetensors(file: Path, name: str) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt"):  # reads and checks the header only
+            pass
+    except (SafetensorError, OSError) as err:  # e.g. an interrupted download or copy
+        problem = f"is damaged or incomplete ({_first_sentence(err)})"
+        raise ModelLoadError(f"{file.name} in {name!r} {problem}; download it again.") from None
 
 
 # -------------------------------------------------------------------------------------- config
@@ -119,6 +268,14 @@ def _read_config(path: str, requested: str) -> Any:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise ModelLoadError(_failure_message(requested, err)) from err
+    except Exception as err:  # a config.json transformers' own checks reject (strict fields, impossible shapes)
+        if not os.path.isdir(path):  # a Hub id: the network failed (a timeout, a dropped connection)
+            raise ModelLoadError(_failure_message(requested, err)) from err
+        raise ModelLoadError(
+            f"config.json of {requested!r} is not a valid model config ({_first_sentence(err)}); "
+            "fix config.json or download the checkpoint again."
+        ) from err
+    _check_sizes(config.to_dict(), requested)
     if type(config) not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:  # built-in and registered (Honeybee) models
         raise ModelLoadError(
             f"{requested!r} is a {config.model_type!r} model, not an image-text-to-text chat model; "
@@ -139,11 +296,20 @@ def _fixture_role(requested: str, config: Any) -> str:
 
 
 def _failure_message(requested: str, err: BaseException) -> str:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (
-        f"Could not load {requested!r} ({reason[:200]}); check the id or folder, connect to the "
-        "internet for Hub ids, or set MLLM_NB_DEMO=1 to use the offline demo model."
-    )
+    """One sentence for a load that failed: the first sentence of the cause, and what to do for a folder or an id."""
+    reason = _first_sentence(err)
+    if os.path.isdir(requested):
+        return f"Could not load the folder {requested!r} ({reason}); its checkpoint is incomplete: download it again."
+    return (f"Could not load {requested!r} ({reason}); check the id or folder, connect to the "
+            "internet for Hub ids, or set MLLM_NB_DEMO=1 to use the offline demo model.")
+
+
+def _first_sentence(err: BaseException) -> str:
+    """The first sentence of an exception's message (one line, at most 160 characters), else its type."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    text = lines[-1] if lines[0].endswith(":") else lines[0]  # "Class validation error ...:\n    ValueError: X"
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def stored_quantization(config: Any) -> str | None:
@@ -299,17 +465,63 @@ def _from_pretrained(
     try:
         with quiet_fixture_loading(quiet), _quiet_bitsandbytes(), _trim_between_tensors():
             processor = AutoProcessor.from_pretrained(path)
+            _check_chat_template(processor, requested)
             quantized = {"quantization_config": quantization_config} if quantization_config is not None else {}
             # (an explicit quantization_config=None would hide a pre-quantized checkpoint's own config)
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device_map, **quantized)
+    except MllmNbError:
+        raise
     except torch.OutOfMemoryError as err:
         raise ModelLoadError(
             f"Out of memory while loading {requested!r}; restart the runtime to free memory, "
             "or use quantization='4bit'."
         ) from err
-    except (OSError, ValueError, ImportError) as err:
-        raise ModelLoadError(_failure_message(requested, err)) from err
+    except pickle.UnpicklingError as err:
+        raise ModelLoadError(_pickle_message(requested, err)) from None  # torch's text suggests the unsafe way out
+    except Exception as err:
+        raise ModelLoadError(_load_error_message(requested, err)) from err
     return model, processor
+
+
+def _pickle_message(requested: str, err: BaseException) -> str:
+    problem = "want to run code while loading" if "GLOBAL" in str(err) else "are damaged or hold more than tensors"
+    return (
+        f"The pytorch_model.bin weights of {requested!r} {problem}, so they were refused for safety; "
+        "download the checkpoint again as .safetensors, from a source you trust."
+    )
+
+
+def _load_error_message(requested: str, err: BaseException) -> str:
+    from safetensors import SafetensorError
+
+    if isinstance(err, SafetensorError):
+        return (
+            f"A weights file of {requested!r} is damaged or incomplete ({_first_sentence(err)}); delete the model "
+            "from the Hugging Face cache (hf cache delete) and download it again."
+        )
+    if "ignore_mismatched_sizes" in str(err):
+        return (
+            f"The weights of {requested!r} have other shapes than its config.json describes (the load report "
+            "above lists them); download the checkpoint again or restore the config.json it was saved with."
+        )
+    return _failure_message(requested, err)
+
+
+def _check_chat_template(processor: Any, requested: str) -> None:
+    """Render the checkpoint's chat template once on a sample turn: a broken template fails now, in words."""
+    import jinja2
+
+    sample = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hello"}]}]
+    try:
+        if getattr(processor, "chat_template", None):
+            processor.apply_chat_template(sample, add_generation_prompt=True, tokenize=False)
+    except (jinja2.TemplateSyntaxError, jinja2.exceptions.SecurityError) as err:
+        raise ModelLoadError(
+            f"The chat template of {requested!r} is broken ({type(err).__name__}: {_first_sentence(err)}); "
+            "fix chat_template.jinja in the checkpoint folder, or download the checkpoint again."
+        ) from err
+    except Exception:  # noqa: BLE001, S110  a template may refuse this sample turn (e.g. wants a system turn)
+        pass
 
 
 def _malloc_trim() -> Callable[[], None] | None:

@@ -69,6 +69,11 @@ def resolve_model(name_or_path: str | os.PathLike, task: str, demo: bool | None 
     text = os.fspath(name_or_path)
     if Path(text).expanduser().is_dir():
         return str(Path(text).expanduser()), False
+    if Path(text).expanduser().is_file():
+        raise ModelLoadError(
+            f"{text!r} is a file, not a model folder; pass the folder that holds it "
+            "(with config.json and the weights), or a Hub id such as 'llava-hf/llava-1.5-7b-hf'."
+        )
     if looks_like_path(text):
         raise ModelLoadError(
             f"No model folder {text!r}; check the path (the current folder is {os.getcwd()!r}) "
