@@ -24,16 +24,19 @@ To talk to a model, give the conversation to a :class:`mllm_nb.backends.ChatSess
 from __future__ import annotations
 
 import base64
+import binascii
 import html
 import io
 import json
 import os
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mllm_nb.errors import ImageLoadError, MllmNbError
 
@@ -41,10 +44,22 @@ from mllm_nb.errors import ImageLoadError, MllmNbError
 JSON_FORMAT = "mllm_nb.conversation"
 JSON_VERSION = 1
 ROLES = ("user", "assistant")
+#: The largest conversation file :meth:`Conversation.load` / :meth:`Conversation.from_json` read (bytes).
+MAX_JSON_BYTES = 256 * 2**20
+#: The most pixels one loaded image, and all images of a loaded conversation together, may declare.
+MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+MAX_TOTAL_PIXELS = 4 * MAX_IMAGE_PIXELS
+_TOP_KEYS = ("format", "version", "system", "turns")
+_TURN_KEYS = ("role", "text", "images", "stopped")
+_IMAGE_MIMES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp")
 
 
 class ConversationError(MllmNbError, ValueError):
     """A conversation or a turn was built or loaded from bad input."""
+
+
+class _NoSuchTurn(ConversationError, IndexError):
+    """``chat[i]`` past the end: still an ``IndexError`` for code that expects one."""
 
 
 @dataclass
@@ -67,6 +82,10 @@ class Turn:
             raise ConversationError(f"A turn's role must be 'user' or 'assistant'; got {self.role!r}.")
         if not isinstance(self.text, str):
             raise ConversationError(f"A turn's text must be a string; got a {type(self.text).__name__}.")
+        _check_unicode(self.text, "A turn's text")
+        self.images = list(self.images) if isinstance(self.images, tuple) else self.images
+        if not isinstance(self.images, list) or not all(isinstance(i, Image.Image) for i in self.images):
+            raise ConversationError("A turn's images must be a list of PIL images; add_user(text, images) loads any.")
         if self.role == "assistant" and self.images:
             raise ConversationError("Only user turns carry images; attach them to the question instead.")
         if self.role == "user" and not self.text.strip() and not self.images:
@@ -87,8 +106,11 @@ class Conversation:
     def __init__(self, turns: Sequence[Turn] = (), system: str | None = None) -> None:
         if system is not None and not isinstance(system, str):
             raise ConversationError(f"system must be a string or None; got a {type(system).__name__}.")
+        _check_unicode(system or "", "The system prompt")
         self.system = system or None
         self.turns: list[Turn] = []
+        if isinstance(turns, (str, bytes, Turn)) or not hasattr(turns, "__iter__"):
+            raise ConversationError(f"turns must be a list of Turn objects; got a {type(turns).__name__}.")
         for turn in turns:
             if not isinstance(turn, Turn):
                 raise ConversationError(f"Conversation turns must be Turn objects; got a {type(turn).__name__}.")
@@ -151,6 +173,8 @@ class Conversation:
         >>> chat.without_oldest_images(1).turns[0].text
         'What is it? [1 image left out to fit the context]'
         """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConversationError(f"count must be a whole number of images, 0 or more; got {count!r:.40}.")
         trimmed, left = self.copy(), count
         for turn in trimmed.turns:
             if left <= 0:
@@ -179,7 +203,10 @@ class Conversation:
         return iter(self.turns)
 
     def __getitem__(self, index: int) -> Turn:
-        return self.turns[index]
+        try:
+            return self.turns[index]
+        except (IndexError, TypeError):
+            raise _NoSuchTurn(f"There is no turn {index!r:.40} in a conversation of {len(self)} turns.") from None
 
     def __repr__(self) -> str:
         return f"Conversation({len(self.turns)} turns, {len(self.images)} images)"
@@ -260,33 +287,44 @@ class Conversation:
                 f"This is not a saved mllm_nb conversation (no \"format\": {JSON_FORMAT!r}); "
                 "load a file written by Conversation.save or to_json."
             )
-        if data.get("version") != JSON_VERSION:
+        version, system, turns = data.get("version"), data.get("system"), data.get("turns")
+        if type(version) is int and version > JSON_VERSION:
             raise ConversationError(
-                f"Saved conversation version {data.get('version')!r} is not supported (expected {JSON_VERSION}); "
-                "upgrade mllm-nb."
+                f"Saved conversation version {version} is not supported (this mllm-nb reads {JSON_VERSION}); "
+                "upgrade mllm-nb with pip install -U mllm-nb."
             )
-        turns = data.get("turns")
+        if type(version) is not int or version < 1:
+            raise ConversationError(f"The saved \"version\" is {_json_kind(version)}, not 1; the file is damaged.")
+        _check_keys(data, _TOP_KEYS, "The saved conversation")
+        if system is not None and not isinstance(system, str):
+            raise ConversationError(f"The saved \"system\" prompt is {_json_kind(system)}; the file is damaged.")
         if not isinstance(turns, list):
             raise ConversationError("A saved conversation needs a \"turns\" list; the file is damaged.")
-        return cls([_turn_from_record(i, record) for i, record in enumerate(turns)], system=data.get("system"))
+        built, pixels_left = [], MAX_TOTAL_PIXELS
+        for index, record in enumerate(turns):
+            built.append(_turn_from_record(index, record, pixels_left))
+            pixels_left -= sum(image.width * image.height for image in built[-1].images)
+        return cls(built, system=system)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> Conversation:
-        """Read a conversation written by :meth:`to_json`.
+    def from_json(cls, text: str | bytes, max_bytes: int = MAX_JSON_BYTES) -> Conversation:
+        """Read a conversation written by :meth:`to_json` (at most ``max_bytes``; a UTF-8 BOM is fine).
 
         >>> Conversation.from_json(Conversation(system="s").to_json()).system
         's'
         """
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
-            raise ConversationError(f"The conversation is not valid JSON ({err}); load a file written by to_json.")
-        return cls.from_dict(data)
+        if isinstance(text, (str, bytes, bytearray)):
+            if len(text) > max_bytes:
+                size = f"{len(text):,} bytes, more than max_bytes={max_bytes:,}"
+                raise ConversationError(f"The conversation JSON is {size}; pass a larger max_bytes if you trust it.")
+            return cls.from_dict(_parse_json(text.removeprefix("\ufeff") if isinstance(text, str) else bytes(text)))
+        hint = "use Conversation.load(path)" if isinstance(text, os.PathLike) else "pass the text, or use from_dict"
+        raise ConversationError(f"from_json takes JSON text (str or bytes), not a {type(text).__name__}; {hint}.")
 
     def to_markdown(self, embed_images: bool = True) -> str:
         """Markdown with a heading per turn; images inline as data URLs (or ``[image N]`` when not embedded).
 
-        Text is HTML-escaped, so a message such as ``<img src=x onerror=...>`` stays text when rendered.
+        Text is HTML- and Markdown-escaped: no message makes a link, an image, raw HTML or a turn heading.
 
         >>> chat = Conversation(); _ = chat.add_user("a < b?"); print(chat.to_markdown())
         **User**
@@ -309,32 +347,50 @@ class Conversation:
         return "\n".join(blocks)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``.json`` (re-loadable with :meth:`load`) or ``.md`` (Markdown); returns the path.
+        """Write ``.json`` (re-loadable with :meth:`load`) or ``.md`` (Markdown); missing folders are created.
 
         >>> import tempfile, os
-        >>> Conversation().save(os.path.join(tempfile.mkdtemp(), "chat.json")).name
+        >>> Conversation().save(os.path.join(tempfile.mkdtemp(), "new", "chat.json")).name
         'chat.json'
         """
-        target = Path(path).expanduser()
+        target = _as_path(path, "save")
         suffix = target.suffix.lower()
         if suffix not in (".json", ".md"):
-            raise ConversationError(f"Save a conversation as .json or .md, not {target.name!r}.")
+            raise ConversationError(f"Save a conversation as .json or .md, not {target.name!r}; e.g. 'chat.json'.")
         text = self.to_json() if suffix == ".json" else self.to_markdown()
-        target.write_text(text, encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise _io_error(err, target, "write") from None
+        except UnicodeEncodeError:  # text set after the turn was made
+            raise ConversationError("A turn holds a lone surrogate character, not valid text; remove it.") from None
         return target
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Conversation:
-        """Read a ``.json`` file written by :meth:`save`.
+    def load(cls, path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> Conversation:
+        """Read a ``.json`` file written by :meth:`save` (at most ``max_bytes``).
 
         >>> import tempfile, os
         >>> Conversation.load(Conversation().save(os.path.join(tempfile.mkdtemp(), "c.json")))
         Conversation(0 turns, 0 images)
         """
-        source = Path(path).expanduser()
-        if not source.is_file():
-            raise ConversationError(f"No such file {str(source)!r}; check the path.")
-        return cls.from_json(source.read_bytes())
+        source = _as_path(path, "load")
+        if source.suffix.lower() == ".md":
+            raise ConversationError(f"'{source.name}' is a Markdown export, which cannot be read back; load the .json.")
+        try:
+            if source.exists() and not source.is_file() and not source.is_dir():  # a FIFO or a device would hang
+                raise ConversationError(f"'{_shown(source)}' is not a regular file; pass a .json file written by save.")
+            with source.open("rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise ConversationError(f"No such file '{_shown(source)}'; check the path (cwd: '{Path.cwd()}').") from None
+        except OSError as err:
+            raise _io_error(err, source, "read") from None
+        if not data or len(data) > max_bytes:
+            size = "empty (0 bytes)" if not data else f"larger than max_bytes={max_bytes:,}"
+            raise ConversationError(f"'{_shown(source)}' is {size}; load a .json file from save (or raise max_bytes).")
+        return cls.from_json(data, max_bytes)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -370,8 +426,9 @@ def as_conversation(chat: Any, images: Any = None) -> Conversation:
         return conversation
     if isinstance(chat, (list, tuple)):
         return _from_messages(list(chat), as_images(images))
+    hint = " (wrap a single message in a list)" if isinstance(chat, dict) else ""
     raise ConversationError(
-        f"Expected a Conversation, a question string or a list of chat messages; got a {type(chat).__name__}."
+        f"Expected a Conversation, a question string or a list of chat messages; got a {type(chat).__name__}{hint}."
     )
 
 
@@ -393,7 +450,9 @@ def _from_messages(messages: list[Any], images: list[Image.Image]) -> Conversati
         for item in [{"type": "text", "text": content}] if isinstance(content, str) else content:
             kind = item.get("type") if isinstance(item, dict) else None
             if kind == "text":
-                texts.append(str(item.get("text", "")))
+                if not isinstance(item.get("text"), str):
+                    raise ConversationError(f"Message {index} has a text item without a string 'text': {item!r:.60}.")
+                texts.append(item["text"])
             elif kind == "image" and item.get("image") is not None:
                 turn_images += as_images([item["image"]])
             elif kind == "image":
@@ -418,35 +477,137 @@ def _from_messages(messages: list[Any], images: list[Image.Image]) -> Conversati
 def _text_of(index: int, content: Any) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(i, dict) and i.get("type") == "text" for i in content):
-        return " ".join(str(i.get("text", "")) for i in content)
+    items = content if isinstance(content, list) else [None]
+    if all(isinstance(i, dict) and i.get("type") == "text" and isinstance(i.get("text"), str) for i in items):
+        return " ".join(i["text"] for i in items)
     raise ConversationError(f"Message {index} (system) may contain only text.")
 
 
-def _turn_from_record(index: int, record: Any) -> Turn:
+def _turn_from_record(index: int, record: Any, pixels_left: int) -> Turn:
+    where = f"Turn {index} of the saved conversation"
     if not isinstance(record, dict):
-        raise ConversationError(f"Turn {index} of the saved conversation is not an object; the file is damaged.")
+        raise ConversationError(f"{where} is not an object; the file is damaged.")
+    _check_keys(record, _TURN_KEYS, where)
+    text, urls, stopped = record.get("text", ""), record.get("images", []), record.get("stopped", False)
+    if not isinstance(text, str):
+        raise ConversationError(f"{where} has a \"text\" that is {_json_kind(text)}; the file is damaged.")
+    if not isinstance(stopped, bool):
+        raise ConversationError(f"{where} has \"stopped\": {_json_kind(stopped)}; write true or false, without quotes.")
+    if not isinstance(urls, list):
+        raise ConversationError(f"{where} has \"images\" that is {_json_kind(urls)}, not a list; the file is damaged.")
     images = []
-    for number, url in enumerate(record.get("images") or [], start=1):
-        if not isinstance(url, str) or not url.startswith("data:image/"):
-            raise ConversationError(
-                f"Image {number} of turn {index} is not an embedded data:image/ URL; "
-                "saved conversations carry their images inside the file."
-            )
-        images.append(_load_data_url(url, index, number))
+    for number, url in enumerate(urls, start=1):
+        images.append(_image_from_data_url(url, f"Image {number} of turn {index}", pixels_left))
+        pixels_left -= images[-1].width * images[-1].height
     try:
-        return Turn(record.get("role"), record.get("text", ""), images, bool(record.get("stopped", False)))
+        return Turn(record.get("role"), text, images, stopped)
     except ConversationError as err:
-        raise ConversationError(f"Turn {index} of the saved conversation: {err}") from None
+        raise ConversationError(f"{where}: {err}") from None
 
 
-def _load_data_url(url: str, index: int, number: int) -> Image.Image:
+def _image_from_data_url(url: Any, label: str, pixels_left: int) -> Image.Image:
+    """Decode one embedded image after checking its MIME type, its base64 and the pixels it declares."""
     from mllm_nb.images import load_image
 
+    if not isinstance(url, str) or not url.startswith("data:image/"):
+        raise ConversationError(f"{label} is not an embedded data:image/ URL; a saved conversation holds its images.")
+    header, _, payload = url[5:].partition(",")
+    if not header.lower().endswith(";base64") or header.lower().removesuffix(";base64") not in _IMAGE_MIMES:
+        raise ConversationError(f"{label} is a {header[:40]!r} data URL; use base64 PNG, JPEG, GIF or WebP data.")
     try:
-        return load_image(url)
-    except ImageLoadError as err:
-        raise ConversationError(f"Image {number} of turn {index} could not be decoded: {err}") from None
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConversationError(f"{label} holds broken base64 data; the file is damaged.") from None
+    pixels = _declared_pixels(data)
+    if pixels is None:
+        raise ConversationError(f"{label} could not be decoded (not a PNG, JPEG, GIF or WebP); the file is damaged.")
+    limit = min(MAX_IMAGE_PIXELS, max(pixels_left, 0))
+    if pixels > limit:
+        why = f"more than the {limit:,} a loaded conversation may still hold (a guard against decompression bombs)"
+        raise ConversationError(f"{label} declares {pixels:,} pixels, {why}; remove or shrink that image.")
+    try:
+        return load_image(data, max_pixels=limit)
+    except ImageLoadError:
+        raise ConversationError(f"{label} could not be decoded (truncated or corrupt); the file is damaged.") from None
+
+
+def _declared_pixels(data: bytes) -> int | float | None:
+    """Width x height from the header (nothing decoded); inf past Pillow's bomb limit, None if unreadable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.width * image.height
+        except Image.DecompressionBombError as err:  # past twice Pillow's limit: its message holds the size
+            return int(found[0]) if (found := re.findall(r"\d+", str(err))) else float("inf")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, TypeError):
+            return None
+
+
+def _parse_json(text: str | bytes) -> Any:
+    """``json.loads`` with every failure as one sentence (the text itself is never chained: it may be private)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConversationError("The conversation JSON is nested too deeply; load a file written by save.") from None
+    except UnicodeDecodeError as err:
+        raise ConversationError(f"The conversation is not UTF-8 (byte {err.start}); re-save it as UTF-8.") from None
+    except json.JSONDecodeError as err:
+        where = f"{err.msg} at line {err.lineno}, column {err.colno}"
+        raise ConversationError(f"The conversation is not valid JSON ({where}); load a file written by save.") from None
+    except ValueError:  # e.g. an integer of more than 4,300 digits
+        raise ConversationError("The conversation JSON holds a number too long to read; the file is damaged.") from None
+
+
+def _json_kind(value: Any) -> str:
+    """How a JSON value reads in a sentence: ``'a string'``, ``'null'``, ``'the number 3'``..."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return f"the number {value!r:.20}"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _check_keys(record: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = [key for key in record if key not in known]
+    if unknown:
+        raise ConversationError(f"{where} has an unknown key {str(unknown[0])[:40]!r}; use {', '.join(known)}.")
+
+
+def _check_unicode(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConversationError(f"{what} contains {text[err.start]!r}, a lone surrogate; remove it.") from None
+
+
+def _io_error(err: OSError, path: Path, verb: str) -> ConversationError:
+    """One sentence for a failed read or write of ``path``."""
+    if isinstance(err, IsADirectoryError):
+        why = "it is a folder; name a file, e.g. 'chat.json'"
+    elif isinstance(err, (NotADirectoryError, FileExistsError)):
+        why = "part of that path is a file, not a folder; choose another path"
+    elif isinstance(err, PermissionError):
+        why = f"permission denied; choose a file you may {verb}"
+    else:
+        why = f"{err.strerror or type(err).__name__}; check the path and the free disk space"
+    return ConversationError(f"Could not {verb} '{_shown(path)}': {why}.")
+
+
+def _shown(path: Path) -> str:
+    return str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-50:]}"
+
+
+def _as_path(path: Any, verb: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConversationError(f"Conversation.{verb} takes a path (str or pathlib.Path), not a {type(path).__name__}.")
+    try:
+        target: Path | None = Path(path).expanduser()
+    except (TypeError, RuntimeError):  # __fspath__ gave bytes, or ~user is unknown
+        target = None
+    if target is None or not str(path).strip() or "\x00" in str(path):
+        raise ConversationError(f"{str(path)[:80]!r} is not a usable file path; pass e.g. 'chat.json'.")
+    return target
 
 
 def as_images(images: Any) -> list[Image.Image]:
@@ -459,12 +620,26 @@ def as_images(images: Any) -> list[Image.Image]:
 
     if images is None or (isinstance(images, (list, tuple)) and not images):
         return []
-    if isinstance(images, (list, tuple)) and all(isinstance(i, Image.Image) and i.mode == "RGB" for i in images):
+    if isinstance(images, (list, tuple)) and all(_is_ready(i) for i in images):
         return list(images)
-    if isinstance(images, Image.Image) and images.mode == "RGB":
+    if _is_ready(images):
         return [images]
     return load_images(images)
 
 
+def _is_ready(image: Any) -> bool:
+    """A loaded RGB image to keep as it is; lazily opened files (``Image.open``) are copied by ``load_images``."""
+    return type(image) is Image.Image and image.mode == "RGB"
+
+
+_MD_ANYWHERE = re.compile(r"([\\`*_\[\]#|~$])")
+_MD_LINE_START = re.compile(r"^([ \t]*\d*)([-+=.)])", re.MULTILINE)
+
+
 def _md_text(text: str) -> str:
-    return html.escape(text, quote=False)
+    """Text that renders as itself: Markdown punctuation backslash-escaped, HTML escaped, so no message makes
+    a link, an image, a heading or a list (and none can forge a turn heading)."""
+    text = _MD_ANYWHERE.sub(r"\\\1", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _MD_LINE_START.sub(lambda m: m[1] + "\\" + m[2] if m[2] in "-+=" or m[1].strip() else m[0], text)
+    text = html.escape(text, quote=False)  # then leading spaces, which would make a code block, as &nbsp;
+    return re.sub(r"^[ \t]+", lambda m: "&nbsp;" * len(m[0].expandtabs(4)), text, flags=re.MULTILINE)
