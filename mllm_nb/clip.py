@@ -10,7 +10,7 @@ CLIP scores labels against each other (softmax); SigLIP-family models score each
 
 from __future__ import annotations
 
-import json
+import numbers
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,6 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from mllm_nb.clip_cache import (
+    ImageIndexError,
+    cached_rows,
+    embeddings_problem,
+    fingerprint,
+    index_path,
+    read_index,
+    write_cache,
+    write_index,
+)
 from mllm_nb.errors import MllmNbError, ModelLoadError
 from mllm_nb.hardware import Placement, PlacementError, choose_placement, dtype_name
 
@@ -40,15 +50,10 @@ ENSEMBLE_TEMPLATES: tuple[str, ...] = (
 
 SIGMOID_MODEL_TYPES = frozenset({"siglip", "siglip2"})
 _TEXT_CACHE_SIZE = 4096
-_INDEX_FORMAT = "mllm-nb-image-index/1"
 
 
 class ClassifyError(MllmNbError, ValueError):
     """Bad labels, templates or inputs given to ``classify`` / ``search``."""
-
-
-class ImageIndexError(MllmNbError, ValueError):
-    """An image index could not be built, saved or loaded."""
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -154,10 +159,16 @@ class Clip:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def embedding_dim(self) -> int:
+        """The length of this model's embeddings, measured on a short text (kept in the text cache)."""
+        return int(self.embed_texts(["a photo."]).shape[1])
+
     # -------------------------------------------------------------------------- embeddings
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings (float32, on CPU), one row per text; cached per text."""
+        texts = _check_texts(texts)
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
             for text, row in zip(missing, self._encode_texts(missing)):
@@ -169,7 +180,7 @@ class Clip:
     def embed_images(self, images: Any, batch_size: int | None = None, progress: bool | None = None) -> torch.Tensor:
         """L2-normalised image embeddings (float32, on CPU) for anything ``load_images`` accepts."""
         pil_images = _as_image_list(images)
-        return self._encode_images(pil_images, batch_size or self.batch_size, progress)
+        return self._encode_images(pil_images, self.batch_size if batch_size is None else batch_size, progress)
 
     def label_embeddings(self, labels: Sequence[str], templates: Sequence[str] | str | None = None) -> torch.Tensor:
         """One normalised embedding per label: the mean over templates of each filled-in prompt."""
@@ -199,7 +210,7 @@ class Clip:
         """
         label_emb = self.label_embeddings(labels, templates)
         pil_images = _as_image_list(images)
-        image_emb = self._encode_images(pil_images, batch_size or self.batch_size, progress)
+        image_emb = self._encode_images(pil_images, self.batch_size if batch_size is None else batch_size, progress)
         probs = self._scores_to_probs(image_emb @ label_emb.T)
         return Classification(labels=list(labels), probs=probs, images=pil_images, scoring=self.scoring)
 
@@ -222,15 +233,20 @@ class Clip:
         from mllm_nb.images import image_files
 
         folder = _as_folder(images_or_folder)
+        if folder is None and cache is not None:
+            raise ImageIndexError(
+                "cache= works only when indexing a folder; pass the folder's path, or call index.save(path) "
+                "on the index of these images."
+            )
         if folder is None:
             pil_images = _as_image_list(images_or_folder)
-            emb = self._encode_images(pil_images, batch_size or self.batch_size, progress)
+            emb = self._encode_images(pil_images, self.batch_size if batch_size is None else batch_size, progress)
             sources = [f"image {i + 1}" for i in range(len(pil_images))]
             return ImageIndex(emb.numpy(), sources, self.name, clip=self, images=pil_images)
         files = image_files(folder)
         if not files:
             raise ImageIndexError(f"The folder {str(folder)!r} has no image files; add images or pass another folder.")
-        return _index_folder(self, files, batch_size or self.batch_size, cache, progress)
+        return _index_folder(self, files, self.batch_size if batch_size is None else batch_size, cache, progress)
 
     # --------------------------------------------------------------------------- internals
 
@@ -250,8 +266,8 @@ class Clip:
     def _encode_images(self, images: Sequence[Any], batch_size: int, progress: bool | None) -> torch.Tensor:
         from tqdm.auto import tqdm
 
-        if batch_size < 1:
-            raise ClassifyError(f"batch_size must be at least 1, got {batch_size}.")
+        if not _is_whole(batch_size) or batch_size < 1:
+            raise ClassifyError(f"batch_size must be a whole number of at least 1, such as 32; got {batch_size!r}.")
         batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         show_bar = len(batches) > 2 if progress is None else progress
         rows = [self._encode_image_batch(b) for b in tqdm(batches, desc="Embedding images", disable=not show_bar)]
@@ -279,6 +295,26 @@ def _as_features(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
     return output.pooler_output
+
+
+def _is_whole(value: Any) -> bool:
+    """An int (numpy ints too) but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise ClassifyError(f"texts must be a list of strings, not the single string {texts[:80]!r}; wrap it in [...].")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise ClassifyError(f"texts must be a list of strings; got a {type(texts).__name__}.") from None
+    if not texts:
+        raise ClassifyError("texts is empty; pass at least one string, e.g. ['a photo of a cat'].")
+    for text in texts:
+        if not isinstance(text, str):
+            raise ClassifyError(f"Every text must be a string; got a {type(text).__name__} ({str(text)[:40]!r}).")
+    return texts
 
 
 def _check_labels(labels: Sequence[str]) -> list[str]:
@@ -434,20 +470,43 @@ class ImageIndex:
     images: list[Any] | None = field(default=None, repr=False)
     fingerprints: list[str] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.embeddings, torch.Tensor):
+            self.embeddings = self.embeddings.detach().float().cpu().numpy()
+        if isinstance(self.embeddings, np.ndarray) and np.issubdtype(self.embeddings.dtype, np.floating):
+            self.embeddings = self.embeddings.astype(np.float32, copy=False)
+        if not isinstance(self.sources, (list, tuple)) or not all(isinstance(s, str) for s in self.sources):
+            raise ImageIndexError("ImageIndex sources must be a list of strings, one per embedding row.")
+        self.sources = list(self.sources)
+        problem = embeddings_problem(self.embeddings, len(self.sources))
+        if problem:
+            raise ImageIndexError(
+                f"This ImageIndex {problem}; build it with clip.index(...), whose rows are unit-length float embeddings."
+            )
+
     def __len__(self) -> int:
         return len(self.sources)
 
     def search(self, text: str, k: int = 5) -> SearchResults:
-        """The ``k`` images most similar to ``text`` (cosine similarity), best first."""
+        """The ``k`` images most similar to ``text`` (cosine similarity), best first; fewer if the index is smaller.
+
+        >>> idx.search("a dog on a beach", k=3).sources  # doctest: +SKIP
+        ['photos/dog1.jpg', 'photos/beach.jpg', 'photos/dog2.jpg']
+        """
         if self.clip is None:
             raise ImageIndexError("This index has no model attached; load it with ImageIndex.load(path, clip).")
         if not isinstance(text, str) or not text.strip():
-            raise ClassifyError(f"The search text must be a non-empty string; got {text!r}.")
-        if k < 1:
-            raise ClassifyError(f"k must be at least 1, got {k}.")
+            raise ClassifyError(f"The search text must be a non-empty string; got {str(text)[:80]!r}.")
+        if not _is_whole(k) or k < 1:
+            raise ClassifyError(f"k must be at least 1 (a whole number of results, such as 5); got {k!r}.")
         query = self.clip.embed_texts([text])[0].numpy()
+        if query.shape[0] != self.embeddings.shape[1]:
+            raise ImageIndexError(
+                f"This index holds {self.embeddings.shape[1]}-dimensional embeddings but {self.clip.name!r} makes "
+                f"{query.shape[0]}-dimensional ones; rebuild it with this model's clip.index(...)."
+            )
         scores = self.embeddings @ query
-        order = np.argsort(-scores, kind="stable")[:k]
+        order = np.argsort(-scores, kind="stable")[: int(k)]
         hits = [
             SearchHit(rank, self.sources[i], float(scores[i]), int(i), self.images[i] if self.images else None)
             for rank, i in enumerate(order, start=1)
@@ -455,63 +514,37 @@ class ImageIndex:
         return SearchResults(text, hits)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the index as one safetensors file (embeddings + JSON metadata; no pickle)."""
-        from safetensors.numpy import save_file
+        """Write the index as one safetensors file (embeddings + JSON metadata; no pickle), atomically.
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            "format": _INDEX_FORMAT,
-            "model_name": self.model_name,
-            "sources": json.dumps(self.sources),
-            "fingerprints": json.dumps(self.fingerprints or []),
-        }
-        save_file({"embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32)}, str(path), metadata)
-        return path
+        >>> idx.save("photos.index")  # doctest: +SKIP
+        PosixPath('photos.index')
+        """
+        return write_index(path, self.embeddings, self.sources, self.model_name, self.fingerprints)
 
     @classmethod
     def load(cls, path: str | os.PathLike, clip: Clip | None = None) -> ImageIndex:
-        """Read an index written by :meth:`save`; attach ``clip`` to search it."""
-        from safetensors import SafetensorError, safe_open
+        """Read and check an index written by :meth:`save`; attach ``clip`` to search it.
 
-        try:
-            with safe_open(str(path), framework="numpy") as handle:
-                metadata = handle.metadata() or {}
-                embeddings = handle.get_tensor("embeddings")
-        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-            raise ImageIndexError(f"Could not read the image index {str(path)!r} ({err}); rebuild it with clip.index(...).") from err
-        if metadata.get("format") != _INDEX_FORMAT:
-            raise ImageIndexError(f"{str(path)!r} is not an mllm_nb image index; rebuild it with clip.index(...).")
-        index = cls(
-            embeddings=embeddings,
-            sources=json.loads(metadata["sources"]),
-            model_name=metadata["model_name"],
-            clip=clip,
-            fingerprints=json.loads(metadata.get("fingerprints", "[]")) or None,
-        )
-        if clip is not None and clip.name != index.model_name:
+        >>> idx = ImageIndex.load("photos.index", clip)  # doctest: +SKIP
+        """
+        path = index_path(path)
+        if clip is not None and not hasattr(clip, "embed_texts"):
             raise ImageIndexError(
-                f"The index {str(path)!r} was built with {index.model_name!r} but the model is {clip.name!r}; "
+                f"clip must be the model from mn.load_clip(...), not a {type(clip).__name__}; "
+                "call ImageIndex.load(path, clip)."
+            )
+        stored = read_index(path)
+        if clip is not None and clip.name != stored.model_name:
+            raise ImageIndexError(
+                f"The index {str(path)!r} was built with {stored.model_name!r} but the model is {clip.name!r}; "
                 "rebuild it with this model's clip.index(...)."
             )
-        return index
-
-
-def _fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def _cached_rows(cache: Path | None, model_name: str) -> dict[str, np.ndarray]:
-    if cache is None or not cache.is_file():
-        return {}
-    try:
-        old = ImageIndex.load(cache)
-    except ImageIndexError:
-        return {}
-    if old.model_name != model_name or not old.fingerprints:
-        return {}
-    return dict(zip(old.fingerprints, old.embeddings))
+        if clip is not None and stored.embeddings.shape[1] != clip.embedding_dim:
+            raise ImageIndexError(
+                f"The index {str(path)!r} holds {stored.embeddings.shape[1]}-dimensional embeddings but "
+                f"{clip.name!r} makes {clip.embedding_dim}-dimensional ones; rebuild it with clip.index(...)."
+            )
+        return cls(stored.embeddings, stored.sources, stored.model_name, clip=clip, fingerprints=stored.fingerprints or None)
 
 
 def _index_folder(
@@ -522,27 +555,30 @@ def _index_folder(
     from mllm_nb.errors import ImageLoadError
     from mllm_nb.images import load_image
 
-    cache_path = Path(cache) if cache is not None else None
-    known = _cached_rows(cache_path, clip.name)
-    prints = [_fingerprint(f) for f in files]
+    cache_path = index_path(cache, "cache") if cache is not None else None
+    known = cached_rows(cache_path, clip.name, clip.embedding_dim) if cache_path is not None else {}
+    prints = [fingerprint(f) for f in files]
     todo = [(f, p) for f, p in zip(files, prints) if p not in known]
     loaded, skipped = [], []
-    for file, fingerprint in todo:
+    for file, print_ in todo:
         try:
-            loaded.append((fingerprint, load_image(file)))
+            loaded.append((print_, load_image(file)))
         except ImageLoadError as err:
             skipped.append(f"{file.name}: {err}")
     if skipped:
-        warnings.warn(f"Skipped {len(skipped)} unreadable file(s): " + "; ".join(skipped), stacklevel=3)
+        message = f"Skipped {len(skipped)} unreadable file(s): " + "; ".join(skipped)
+        warnings.warn(" ".join(message.split()), stacklevel=3)
     if loaded:
         new_rows = clip._encode_images([img for _, img in loaded], batch_size, progress).numpy()
         known.update({fp: row for (fp, _), row in zip(loaded, new_rows)})
     keep = [(str(f), p) for f, p in zip(files, prints) if p in known]
     if not keep:
-        raise ImageIndexError("None of the files in the folder could be read as images; see the warning for why.")
+        raise ImageIndexError(
+            f"None of the {len(files)} image files in {str(files[0].parent)!r} could be read (see the warning); "
+            "fix or remove them, or index another folder."
+        )
     embeddings = np.stack([known[p] for _, p in keep]).astype(np.float32)
     index = ImageIndex(embeddings, [s for s, _ in keep], clip.name, clip=clip, fingerprints=[p for _, p in keep])
     if cache_path is not None:
-        index.save(cache_path)
+        write_cache(cache_path, index.embeddings, index.sources, index.model_name, index.fingerprints or [])
     return index
-
