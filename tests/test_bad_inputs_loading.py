@@ -291,6 +291,7 @@ def _serve(mode: str) -> str:
 def test_a_flaky_hub_fails_in_one_sentence_without_hanging(mode, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
+    monkeypatch.delenv("MLLM_NB_DEMO", raising=False)  # make test runs in demo mode: this one asks the (fake) Hub
     endpoint = _serve(mode)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")

@@ -377,8 +377,10 @@ def test_a_download_that_hangs_ends_in_one_line(server, monkeypatch, capsys, tmp
 @pytest.mark.timeout(120)
 def test_ctrl_c_while_loading_exits_130(ws: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()} | {"MLLM_NB_DEMO": "1", "PYTHONUNBUFFERED": "1"}
+    # a background job's children start with SIGINT ignored (no KeyboardInterrupt at all): give it back
     proc = subprocess.Popen([sys.executable, "-m", "mllm_nb.cli", "ask", str(ws / "imgs" / "a.png"), "hi"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr.readline().startswith("loading the model")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
