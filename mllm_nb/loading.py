@@ -131,6 +131,8 @@ def _check_arguments(quantization: Any, device_map: Any, force: Any, demo: Any =
 
 def _check_device(target: Any, device_map: Any) -> None:
     """Refuse a device_map entry that is no device, or a device this machine lacks (before any weight moves)."""
+    if isinstance(target, int) and not isinstance(target, bool):
+        target = f"cuda:{target}"  # accelerate's meaning of a bare index, on every torch release
     try:
         device = torch.device("cpu" if target == "disk" else target) if not isinstance(target, bool) else None
     except (RuntimeError, TypeError, ValueError):
