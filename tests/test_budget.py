@@ -307,6 +307,13 @@ def test_a_chat_keeps_working_as_its_images_fill_the_context(recwarn):
     from mllm_nb.widgets import ChatPanel
 
     vlm = tiny_vlm(LLAVA, context=700)  # one image is 576 tokens: two never fit
+    real_generate, asked = vlm.model.generate, []
+
+    def short_answers(**kwargs):  # a random tiny model may talk up to the limit; these answers are 3 tokens
+        asked.append(kwargs["max_new_tokens"])
+        return real_generate(**{**kwargs, "max_new_tokens": 3})
+
+    vlm.model.generate = short_answers
     panel = ChatPanel(vlm, max_new_tokens=256)
     assert panel.send("w1", images=[image(64, 64)]) is not None, panel.error
     assert panel.error is None and "max new tokens lowered from 256" in panel.notes[-1]
@@ -315,3 +322,4 @@ def test_a_chat_keeps_working_as_its_images_fill_the_context(recwarn):
     assert panel.error is None and "1 earlier image left out" in " ".join(panel.notes)
     assert len(panel.conversation.images) == 2  # the conversation shown keeps both; only the prompt leaves one out
     assert panel.send("w3 w4") is not None and panel.error is None
+    assert asked[0] < 256 and all(tokens <= 256 for tokens in asked)  # generate got the lowered bound
