@@ -65,6 +65,8 @@ _EXPORTS: dict[str, str] = {
     "ocr": "mllm_nb.text_reading",
     "cer": "mllm_nb.metrics",
     "wer": "mllm_nb.metrics",
+    "answer_matches": "mllm_nb.metrics",
+    "grade": "mllm_nb.metrics",
     "add_scratch": "mllm_nb.defects",
 }
 
