@@ -68,6 +68,9 @@ _EXPORTS: dict[str, str] = {
     "answer_matches": "mllm_nb.metrics",
     "grade": "mllm_nb.metrics",
     "add_scratch": "mllm_nb.defects",
+    "draw_architecture": "mllm_nb.diagrams",
+    "plot_fit": "mllm_nb.fit_chart",
+    "plot_image_cost": "mllm_nb.fit_chart",
 }
 
 # submodules reachable as attributes without importing them first, e.g. ``mllm_nb.clip.ENSEMBLE_TEMPLATES``
@@ -75,6 +78,7 @@ _SUBMODULES = {
     "backends", "catalog", "chat", "clip", "cli", "context_budget", "defects", "demo", "display", "errors", "hardware",
     "honeybee", "images", "loading", "memory", "metrics", "plan", "samples", "settings", "streaming", "text_reading", "vlm",
     "widgets",
+    "diagrams", "fit_chart",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
