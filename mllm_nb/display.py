@@ -7,6 +7,7 @@ and works headless. Save one with ``fig.savefig("out.png")``.
     >>> import numpy as np
     >>> fig = show(np.zeros((8, 8, 3), dtype=np.uint8), captions=["black"])
     >>> fig = plot_probs(["cat", "dog"], [0.9, 0.1])
+    >>> fig = plot_accuracy(["cat", "dog"], {"bare label": ["cat", "cat"], "template": ["cat", "dog"]})
 
 Text with Korean, Chinese or Japanese characters is drawn with a CJK font (see
 :func:`find_cjk_font`) set on that text object only; global ``rcParams`` are never touched.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "find_cjk_font",
     "has_cjk",
     "new_figure",
+    "plot_accuracy",
     "plot_predictions",
     "plot_probs",
     "show",
@@ -405,6 +407,92 @@ def plot_predictions(
         _draw_image(fig.add_subplot(grid[2 * row, col]), image, cell_title, size)
         plot_probs(labels, matrix[i], k=k, ax=fig.add_subplot(grid[2 * row + 1, col]))
     return fig
+
+
+
+_SETTING_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+
+
+def _check_predictions(truth: Sequence[str], predictions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """``predictions`` as {setting: list of labels}, each as long as ``truth``, with a clear error if not."""
+    if not isinstance(predictions, Mapping) or not predictions:
+        raise DisplayError(
+            "predictions must be a non-empty dict {setting name: one predicted label per image}, "
+            'e.g. {"bare label": [...], "ensemble": [...]}.'
+        )
+    if isinstance(truth, str) or not len(truth):
+        raise DisplayError("truth must be a non-empty list with the right label of every image.")
+    checked = {}
+    for name, predicted in predictions.items():
+        if isinstance(predicted, str) or len(predicted) != len(truth):
+            got = "a string" if isinstance(predicted, str) else f"{len(predicted)} prediction(s)"
+            raise DisplayError(
+                f"Setting {name!r} has {got} for {len(truth)} image(s); pass one predicted label per image."
+            )
+        checked[str(name)] = [str(p) for p in predicted]
+    return checked
+
+
+def _accuracy(truth: Sequence[str], predicted: Sequence[str]) -> tuple[int, int]:
+    return sum(p == t for p, t in zip(predicted, truth)), len(truth)
+
+
+def plot_accuracy(
+    truth: Sequence[str],
+    predictions: Mapping[str, Sequence[str]],
+    by_class: bool = False,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Accuracy of several settings (prompt templates, models, ...) on the same pictures, as bars.
+
+    ``truth`` holds the right label of every image; ``predictions`` maps a setting's name to its
+    predicted labels, in the same order. Each bar is labelled with its percentage and ``correct/total``.
+    ``by_class=True`` draws one group of bars per true class instead, to show *where* the settings differ.
+    Pass ``ax`` to draw into an existing axes (its figure is returned).
+
+    >>> truth = ["cat", "dog", "dog", "cat"]
+    >>> fig = plot_accuracy(truth, {"bare label": ["cat", "cat", "dog", "dog"],
+    ...                             "ensemble": ["cat", "dog", "dog", "cat"]}, title="Templates")
+    """
+    if not isinstance(by_class, bool):
+        raise DisplayError(f"by_class must be True or False, got {by_class!r}.")
+    truth = [str(t) for t in truth] if not isinstance(truth, str) else truth
+    checked = _check_predictions(truth, predictions)
+    names = list(checked)
+    groups = list(dict.fromkeys(truth)) if by_class else [""]
+    if ax is None:
+        width = max(4.0, 1.0 + (0.22 * len(names) + 0.25) * len(groups)) if by_class else 1.0 + 1.3 * len(names)
+        fig = new_figure(width, 3.2 + (0.35 if title else 0.0) + (0.6 if by_class else 0.0), [*names, *groups, title])
+        ax = fig.add_subplot()
+    bar = 0.8 / len(names) if by_class else 0.7
+    for i, name in enumerate(names):
+        color = _SETTING_COLORS[i % len(_SETTING_COLORS)]
+        for g, group in enumerate(groups):
+            rows = [j for j, t in enumerate(truth) if not by_class or t == group]
+            correct, total = _accuracy([truth[j] for j in rows], [checked[name][j] for j in rows])
+            x = g + (i - (len(names) - 1) / 2) * bar if by_class else i
+            ax.bar(x, correct / total, width=bar * 0.92, color=color, label=name if g == 0 else None)
+            text = f"{correct / total:.0%}" if by_class else f"{correct / total:.1%}\n{correct}/{total}"
+            ax.text(x, correct / total + 0.015, text, ha="center", va="bottom", fontsize=7 if by_class else 9)
+    ticks, tick_names = (range(len(groups)), groups) if by_class else (range(len(names)), names)
+    ax.set_xticks(list(ticks), [_shorten(n, 16 if by_class else _MAX_LABEL_CHARS) for n in tick_names])
+    for tick_label, text in zip(ax.get_xticklabels(), tick_names):
+        tick_label.set(**font_kwargs(text))
+        if by_class:
+            tick_label.set(rotation=30, ha="right", rotation_mode="anchor")
+    if by_class:
+        legend = ax.legend(loc="lower left", fontsize=8, ncols=len(names), bbox_to_anchor=(0.0, 1.0), frameon=False)
+        for text in legend.get_texts():
+            text.set(**font_kwargs(text.get_text()))
+    ax.set_ylim(0, 1.12 if not by_class else 1.15)
+    ax.set_ylabel("accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(str(title), pad=22 if by_class else 6, **font_kwargs(title))
+    return _root_figure(ax)
 
 
 enable_notebook_figures()

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from PIL import Image
     from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
+    from mllm_nb.memory.measured import MeasuredMemory
+
 #: Generation keywords that the caller may not pass: ``ask`` builds them from images and question.
 _RESERVED_KWARGS = frozenset({"input_ids", "attention_mask", "pixel_values", "image_sizes", "inputs"})
 
@@ -136,6 +138,23 @@ class VLM:
     def __repr__(self) -> str:
         how = self.quantization or str(self.dtype).removeprefix("torch.")
         return f"VLM({self.name!r}, {type(self.model).__name__}, {how}, {self.device})"
+
+    def memory(self, planned: Any = None) -> MeasuredMemory:
+        """What the loaded model uses (weights per device, CUDA allocator counters, process RAM) beside the plan.
+
+        ``planned``: a :class:`~mllm_nb.plan.FitReport` to compare with; by default the one ``load_vlm`` made,
+        else a fresh plan from the model's config. Run an answer first to see the KV cache in the GPU peak.
+
+        >>> print(load_vlm("llava-hf/llava-1.5-7b-hf", demo=True).memory())  # doctest: +SKIP
+        llava-hf/llava-1.5-7b-hf: memory measured on cpu, planned for cpu (float32)
+        ...
+        """
+        from mllm_nb.memory.measured import measure_memory, replan
+
+        plan = planned if planned is not None else self.plan
+        if plan is None:
+            plan = replan(self.model, self.quantization)
+        return measure_memory(self.model, plan, name=self.name or type(self.model).__name__)
 
     # ----------------------------------------------------------------------------- questions
 

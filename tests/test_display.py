@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import subprocess
 import sys
 import warnings
@@ -26,6 +27,7 @@ from mllm_nb.display import (  # noqa: E402
     DisplayError,
     find_cjk_font,
     has_cjk,
+    plot_accuracy,
     plot_predictions,
     plot_probs,
     show,
@@ -530,3 +532,68 @@ def test_figures_render_as_png_in_ipython_without_pyplot():
     finally:
         InteractiveShell.clear_instance()
     assert enable_notebook_figures() is False
+
+
+# ---------------------------------------------------------------------------------- plot_accuracy
+
+ACC_TRUTH = ["cat", "cat", "dog", "dog", "dog"]
+ACC_PREDICTIONS = {
+    "bare label": ["cat", "dog", "cat", "cat", "dog"],  # 2/5
+    "one template": ["cat", "cat", "dog", "dog", "cat"],  # 4/5
+    "ensemble": ["cat", "cat", "dog", "dog", "dog"],  # 5/5
+}
+
+
+def bar_heights(ax) -> list[float]:
+    return [round(patch.get_height(), 6) for patch in ax.patches]
+
+
+def test_plot_accuracy_one_bar_per_setting_with_its_accuracy() -> None:
+    fig = plot_accuracy(ACC_TRUTH, ACC_PREDICTIONS, title="Templates")
+    (ax,) = fig.axes
+    assert bar_heights(ax) == [0.4, 0.8, 1.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(ACC_PREDICTIONS)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["40.0%\n2/5", "80.0%\n4/5", "100.0%\n5/5"]
+    assert ax.get_title() == "Templates"
+    _, caught = render(fig)
+    assert not glyph_warnings(caught)
+
+
+def test_plot_accuracy_by_class_groups_bars_per_true_label() -> None:
+    fig = plot_accuracy(ACC_TRUTH, ACC_PREDICTIONS, by_class=True)
+    (ax,) = fig.axes
+    # settings in order, each with its bars for cat then dog
+    assert bar_heights(ax) == [0.5, round(1 / 3, 6), 1.0, round(2 / 3, 6), 1.0, 1.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(ACC_PREDICTIONS)
+
+
+def test_plot_accuracy_draws_into_a_given_axes_and_korean_labels() -> None:
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert plot_accuracy([KOREAN, "개"], {"기본": [KOREAN, KOREAN]}, by_class=True, ax=ax) is fig
+    assert bar_heights(ax) == [1.0, 0.0]
+    _, caught = render(fig)
+    assert not glyph_warnings(caught) or find_cjk_font() is None
+
+
+@pytest.mark.parametrize(
+    ("truth", "predictions", "message"),
+    [
+        (ACC_TRUTH, {}, "non-empty dict"),
+        (ACC_TRUTH, [["cat"] * 5], "non-empty dict"),
+        ([], {"a": []}, "non-empty list"),
+        ("cat", {"a": ["cat"]}, "non-empty list"),
+        (ACC_TRUTH, {"short": ["cat"]}, "'short' has 1 prediction(s) for 5 image(s)"),
+        (ACC_TRUTH, {"text": "catcatdog"}, "'text' has a string for 5 image(s)"),
+    ],
+)
+def test_plot_accuracy_bad_input_is_one_clear_sentence(truth, predictions, message) -> None:
+    with pytest.raises(DisplayError, match=re.escape(message)):
+        plot_accuracy(truth, predictions)
+
+
+def test_plot_accuracy_rejects_a_non_bool_by_class() -> None:
+    with pytest.raises(DisplayError, match="by_class must be True or False"):
+        plot_accuracy(ACC_TRUTH, ACC_PREDICTIONS, by_class="yes")

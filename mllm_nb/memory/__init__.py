@@ -7,6 +7,8 @@
 * :mod:`~mllm_nb.memory.targets`: the machines a fit is planned for (T4, L4, A100, CPU, this machine).
 * :mod:`~mllm_nb.memory.tokens`: how many LLM tokens an image becomes (catalog counts and processor rules).
 * :mod:`~mllm_nb.memory.report`: the report base both verdicts render with (table, text, HTML, raise).
+* :mod:`~mllm_nb.memory.measured`: what a loaded model really uses (weights per device, CUDA counters, RAM)
+  beside its plan: ``VLM.memory()``.
 
 The entry points stay :mod:`mllm_nb.plan` (``fit``) and :mod:`mllm_nb.context_budget` (``budget``).
 """
