@@ -1,9 +1,11 @@
 """Fonts for Korean, Chinese and Japanese text in matplotlib figures, found once and set per text object.
 
-:func:`find_cjk_font` picks an installed family that really holds Hangul (the koreanize-matplotlib
-fonts when that package is installed, else a system CJK font); :func:`font_kwargs` gives the keyword
-arguments that draw one text with it. Global ``rcParams`` are never touched. Without any CJK font the
-user is warned once, with the fix, and matplotlib's per-glyph warnings are silenced.
+:func:`find_cjk_font` picks a family that really holds Hangul: a CJK font installed on the system, else
+the NanumGothic files bundled with koreanize-matplotlib (an mllm_nb dependency, so Korean renders on a
+fresh Colab, which has no CJK font); :func:`font_kwargs` gives the keyword arguments that draw one text
+with it. Global ``rcParams`` are never touched. Only if no font at all can draw Hangul is the user warned
+once, with the fix; matplotlib's per-glyph warnings are then silenced, but each missing glyph is still
+written to the file named by :data:`MISSING_GLYPH_LOG_ENV` when it is set (the demo runner checks it).
 
 >>> has_cjk("고양이"), has_cjk("cat")
 (True, False)
@@ -24,7 +26,16 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["QuietGlyphFigure", "figure_class", "find_cjk_font", "font_kwargs", "has_cjk"]
+__all__ = [
+    "MISSING_GLYPH_LOG_ENV",
+    "QuietGlyphFigure",
+    "figure_class",
+    "find_cjk_font",
+    "font_kwargs",
+    "has_cjk",
+    "missing_glyphs",
+    "read_missing_glyph_log",
+]
 
 # Families tried first, in order (Korean-capable first); each must really hold a Hangul glyph.
 _CJK_FAMILIES: tuple[str, ...] = (
@@ -72,10 +83,11 @@ _FALLBACK_FAMILY = "DejaVu Sans"
 _GLYPH_WARNING = r"Glyph .* missing from font"
 
 _NO_CJK_FONT_MESSAGE = (
-    "No CJK font was found, so Korean/CJK text in mllm_nb figures will show as empty boxes; "
-    "to fix it, on Colab run `!apt-get -qq install fonts-nanum` and restart the runtime, "
-    "on Debian/Ubuntu run `sudo apt-get install fonts-noto-cjk`, "
-    "or run `pip install koreanize-matplotlib`, then restart the kernel."
+    "No font that can draw Korean/CJK text was found, so such text in mllm_nb figures shows as empty boxes: "
+    "mllm_nb draws it with the NanumGothic font bundled in its dependency koreanize-matplotlib, which is "
+    "missing or broken here; to fix it, run `pip install --force-reinstall --no-deps koreanize-matplotlib` "
+    "(in a notebook cell: `%pip ...`; or install a system CJK font: `apt-get install fonts-nanum` or "
+    "`fonts-noto-cjk`), then restart the kernel."
 )
 _cjk_warning_issued = False
 
@@ -255,11 +267,86 @@ def font_kwargs(text: object) -> dict[str, Any]:
     return {"fontfamily": [family, _FALLBACK_FAMILY]}
 
 
+#: Environment variable naming a file: every missing glyph this module silences is appended to it, one
+#: line each (``<IPython execution count or ->\t<matplotlib's warning>``). The demo runner sets it, so
+#: figures drawn with empty boxes fail its check even though the user saw only the one font warning.
+MISSING_GLYPH_LOG_ENV = "MLLM_NB_MISSING_GLYPH_LOG"
+_GLYPH_CODEPOINT = re.compile(r"Glyph (\d+) .*?missing from font")
+
+
+def missing_glyphs(text: str) -> list[str]:
+    """The characters that matplotlib's "Glyph N (...) missing from font(s) ..." warnings in ``text`` name.
+
+    >>> missing_glyphs("Glyph 44256 (\\N{HANGUL SYLLABLE GO}) missing from font(s) DejaVu Sans.")
+    ['고']
+    """
+    found: list[str] = []
+    for match in _GLYPH_CODEPOINT.finditer(text):
+        char = chr(int(match.group(1)))
+        if char not in found:
+            found.append(char)
+    return found
+
+
+def read_missing_glyph_log(path: str | os.PathLike[str]) -> list[tuple[int | None, str]]:
+    """``(IPython execution count or None, character)`` for each glyph logged to ``path`` (none if no file).
+
+    >>> read_missing_glyph_log("no-such-file.log")
+    []
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return []
+    entries: list[tuple[int | None, str]] = []
+    for line in lines:
+        count, _, message = line.partition("\t")
+        number = int(count) if count.isdigit() else None
+        entries += [(number, char) for char in missing_glyphs(message)]
+    return entries
+
+
+def _execution_count() -> int | None:
+    """The execution count of the IPython cell being run, or None outside one (or between cells)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    count = getattr(result, "execution_count", None)
+    return count if isinstance(count, int) else None
+
+
+def _log_missing_glyph(message: str) -> None:
+    path = os.environ.get(MISSING_GLYPH_LOG_ENV)
+    if not path:
+        return
+    count = _execution_count()
+    line = f"{'-' if count is None else count}\t{' '.join(message.split())}\n"
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+    except OSError:  # the log is a check for the demo runner; it must never break plotting
+        pass
+
+
 @contextmanager
 def _quiet_glyph_warnings() -> Iterator[None]:
-    """Silence matplotlib's per-character "Glyph ... missing from font" warnings, locally."""
+    """Silence matplotlib's per-character "Glyph ... missing from font" warnings, locally.
+
+    Each silenced glyph still goes to the :data:`MISSING_GLYPH_LOG_ENV` file when that is set;
+    every other warning is shown as usual.
+    """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_GLYPH_WARNING, category=UserWarning)
+        show = warnings.showwarning
+        warnings.filterwarnings("always", message=_GLYPH_WARNING, category=UserWarning)
+
+        def divert(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, UserWarning) and re.match(_GLYPH_WARNING, str(message)):
+                _log_missing_glyph(str(message))
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = divert
         yield
 
 
@@ -267,7 +354,8 @@ class QuietGlyphFigure(Figure):
     """A Figure holding CJK text that no installed font can draw.
 
     The missing-font warning has already been given once, so matplotlib's own per-glyph
-    "Glyph ... missing from font" warnings are silenced while this figure is drawn or measured.
+    "Glyph ... missing from font" warnings are silenced while this figure is drawn or measured
+    (each one still goes to the :data:`MISSING_GLYPH_LOG_ENV` file when that is set).
     """
 
     def draw(self, renderer: Any) -> None:

@@ -136,3 +136,63 @@ def test_a_missing_local_path_is_a_path_error_in_both_modes(tmp_path, demo):
         resolve_model(tmp_path / "no-such-model", "vlm", demo=demo)
     assert not isinstance(info.value, DemoModeError)
     assert resolve_model("llava-hf/llava-1.5-7b-hf", "vlm", demo=False) == ("llava-hf/llava-1.5-7b-hf", False)
+
+
+def _write_notebook(path: Path, *sources: str) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[new_code_cell(source) for source in sources])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+def test_a_demo_run_prints_no_warning_and_joins_streamed_text(tmp_path):
+    """`mllm-nb demo` starts its kernels without ipykernel's TCP warning; pieces printed one by one read as one text."""
+    _write_notebook(tmp_path / "stream.ipynb",
+                    "# NBVAL_CHECK_OUTPUT\nfor piece in ['a ', 'red ', 'circle ', 'on ', 'white']:\n"
+                    "    print(piece, end='', flush=True)\nprint()\nprint('done')")
+    done = subprocess.run([sys.executable, "-m", "mllm_nb.cli", "demo", "--notebooks", str(tmp_path),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (done.stdout + done.stderr).replace(str(tmp_path), "<tmp>")
+    noisy = [line for line in log.splitlines() if "warn" in line.lower()]
+    assert noisy == []
+    assert "a red circle on white" in done.stdout and "1 notebooks, 1 ok" in done.stdout
+    executed = json.loads((tmp_path / "out" / "stream.ipynb").read_text())
+    outputs = executed["cells"][0]["outputs"]
+    assert len(outputs) == 1 and "".join(outputs[0]["text"]) == "a red circle on white\ndone\n"
+    assert "a red circle on white" in (tmp_path / "out" / "stream.html").read_text()
+
+
+def test_tofu_in_a_figure_fails_the_notebook_and_the_bundled_font_passes(tmp_path, capsys):
+    """Missing glyphs fail a run whether mllm_nb silenced matplotlib's warnings or matplotlib printed them."""
+    from mllm_nb.demo.runner import run_notebooks
+
+    setup = "%matplotlib inline\nimport mllm_nb as mn\nfrom mllm_nb import fonts"
+    figure = "mn.plot_probs(['고양이', 'dog'], [0.6, 0.4], title='확률')"
+    _write_notebook(tmp_path / "a_nanum.ipynb", setup, figure)
+    _write_notebook(tmp_path / "b_no_font.ipynb", setup + "\nfonts.find_cjk_font = lambda: None  # no CJK font at all",
+                    "x = 1", figure)
+    _write_notebook(tmp_path / "c_dejavu.ipynb", "import io\nfrom matplotlib.figure import Figure",
+                    "fig = Figure()\nfig.suptitle('강아지', fontfamily='DejaVu Sans')\nfig.savefig(io.BytesIO())")
+    nanum, no_font, dejavu = run_notebooks(tmp_path, tmp_path / "out")
+    assert nanum.ok, nanum.error
+    assert not no_font.ok and no_font.error.startswith("cell 3 (mn.plot_probs(")
+    assert "'고양이확률' as empty boxes" in no_font.error  # silenced by mllm_nb.fonts, still caught
+    assert not dejavu.ok and dejavu.error.startswith("cell 2 (fig = Figure()")
+    assert "'강아지' as empty boxes" in dejavu.error  # matplotlib's own warnings in the cell's stderr
+    assert "3 notebooks, 1 ok" in capsys.readouterr().out
+
+
+def test_the_honeybee_demo_passes_its_cache_under_one_name():
+    """transformers 5.24 warned "Both `past_key_values` and `cache` are set" when a model got both names."""
+    import warnings
+
+    from mllm_nb.samples import sample_image
+
+    vlm = mn.load_vlm("kakaobrain/honeybee-7B-C-Abs-M144", demo=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        answer = vlm.ask(sample_image("page"), "Read the text.", max_new_tokens=4)
+    assert isinstance(answer, str)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from mllm_nb.demo.mode import DEMO_ENV_VAR
 from mllm_nb.errors import MllmNbError
+from mllm_nb.fonts import MISSING_GLYPH_LOG_ENV, missing_glyphs, read_missing_glyph_log
 
 CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -79,7 +81,9 @@ def demo_environment() -> Iterator[None]:
 def execute_notebook(path: Path, timeout: int = 600):
     """Execute a notebook in its own folder, from empty outputs; return ``(notebook, seconds, error or None)``.
 
-    The error names the failing cell (its number among the code cells and first line) and the exception.
+    The error names the failing cell (its number among the code cells and first line) and the exception,
+    or the first cell that drew text with missing glyphs (empty boxes, "tofu"). Consecutive stream outputs
+    of a cell are merged, so text printed in pieces reads as one block in the notebook and its HTML.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -90,16 +94,107 @@ def execute_notebook(path: Path, timeout: int = 600):
     for cell in code_cells:  # stored outputs would otherwise pass for this run's answers
         cell.outputs = []
         cell.execution_count = None
-    client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
     started = time.perf_counter()
     error = None
-    try:
-        client.execute()
-    except CellExecutionError as err:
-        error = _describe_failure(err, code_cells)
-    return notebook, time.perf_counter() - started, error
+    with tempfile.TemporaryDirectory(prefix="mllm-nb-run-") as scratch:
+        glyph_log = Path(scratch) / "missing-glyphs.log"
+        client = NotebookClient(
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+            config=_kernel_config(Path(scratch)),
+        )
+        try:
+            client.execute(env={**os.environ, MISSING_GLYPH_LOG_ENV: str(glyph_log)})
+        except CellExecutionError as err:
+            error = _describe_failure(err, code_cells)
+        silenced = read_missing_glyph_log(glyph_log)
+    seconds = time.perf_counter() - started
+    for cell in code_cells:
+        cell.outputs = merge_streams(cell.outputs)
+    return notebook, seconds, error or _describe_tofu(code_cells, silenced)
+
+
+def _kernel_config(scratch: Path):
+    """Kernel-manager settings: local sockets (IPC) on POSIX, which need no encryption, else CurveZMQ keys.
+
+    ipykernel 7 warns at every start that plain TCP is unencrypted; a kernel on IPC sockets (files in
+    ``scratch``, readable by this user only) or with encryption keys has nothing to warn about.
+    """
+    from jupyter_client.manager import KernelManager
+    from traitlets.config import Config
+
+    config = Config()
+    if os.name == "posix":
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(scratch / "kernel")
+    elif KernelManager.class_traits().get("transport_encryption") is not None:
+        import zmq
+
+        if zmq.has("curve"):
+            config.KernelManager.transport_encryption = "auto"
+    return config
+
+
+def merge_streams(outputs: list) -> list:
+    """Join consecutive stream outputs of the same name (stdout, stderr) into one, keeping the order.
+
+    A token streamer's ``print(piece, end="", flush=True)`` sends one message per piece; a notebook
+    front end shows them as one text, and so does the HTML after this.
+
+    >>> from nbformat.v4 import new_output
+    >>> merged = merge_streams([new_output("stream", name="stdout", text=t) for t in ("a ", "cat", "\\n")])
+    >>> [(o.name, o.text) for o in merged]
+    [('stdout', 'a cat\\n')]
+    """
+    merged: list = []
+    for output in outputs:
+        previous = merged[-1] if merged else None
+        if (
+            output.get("output_type") == "stream"
+            and previous is not None
+            and previous.get("output_type") == "stream"
+            and previous.get("name") == output.get("name")
+        ):
+            previous["text"] = _text(previous) + _text(output)
+        else:
+            merged.append(output)
+    return merged
+
+
+def _text(output) -> str:
+    text = output.get("text", "")
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+def _describe_tofu(code_cells: list, silenced: list[tuple[int | None, str]]) -> str | None:
+    """``cell N (first line): ...`` for the first cell whose figures lack glyphs, or None when none does.
+
+    Two sources: glyphs ``mllm_nb.fonts`` silenced (logged with the IPython execution count) and
+    matplotlib's own "Glyph ... missing from font" warnings in a cell's stderr.
+    """
+    found: dict[int, list[str]] = {}
+    by_count = {cell.execution_count: number for number, cell in enumerate(code_cells, 1)}
+    for count, char in silenced:
+        found.setdefault(by_count.get(count, 0), []).append(char)
+    for number, cell in enumerate(code_cells, 1):
+        for output in cell.outputs:
+            if output.get("output_type") == "stream":
+                found.setdefault(number, []).extend(missing_glyphs(_text(output)))
+    found = {number: chars for number, chars in found.items() if chars}
+    if not found:
+        return None
+    number = min(found, key=lambda n: n or len(code_cells) + 1)
+    chars = "".join(dict.fromkeys(found[number]))
+    reason = (
+        f"a figure drew {chars!r} as empty boxes (no font has these glyphs; "
+        "mllm_nb draws Korean/CJK text with the NanumGothic font of koreanize-matplotlib)"
+    )
+    if number == 0:
+        return reason
+    first_line = next((line for line in code_cells[number - 1].source.splitlines() if line.strip()), "")
+    return f"cell {number} ({first_line.strip()[:60]}): {reason}"
 
 
 def _describe_failure(err: Exception, code_cells: list) -> str:
