@@ -37,11 +37,12 @@ from mllm_nb import catalog
 from mllm_nb.hardware import format_bytes
 from mllm_nb.memory.architecture import census
 from mllm_nb.memory.arguments import DTYPE_BYTES, QUANT_WORDS, PlanError, parse_count, parse_dtype, parse_quantization
-from mllm_nb.memory.report import Report, ReportError
+from mllm_nb.memory.report import Report, WontFitError  # WontFitError lives there: memory.training raises it too
 from mllm_nb.memory.resolution import DEFAULT_SHARD_BYTES, ResolvedModel, resolve_model, stored_bytes
 from mllm_nb.memory.sizes import activation_bytes, kv_bytes_per_token, weight_bytes
 from mllm_nb.memory.targets import FIXED_TARGETS, TARGETS, Target, resolve_target
 from mllm_nb.memory.tokens import catalog_image_tokens
+from mllm_nb.memory.training import TrainingPlan, TrainingSettings, plan_training
 
 if TYPE_CHECKING:
     import torch
@@ -53,14 +54,6 @@ CUDA_CONTEXT_BYTES = 512 * MIB
 RESERVE_FRACTION = 0.05
 RESERVE_MIN_BYTES = 256 * MIB
 PROMPT_TOKENS = 256
-
-
-class WontFitError(ReportError):
-    """A model will not fit the target; ``.report`` holds the ``FitReport`` when one was given.
-
-    >>> str(WontFitError("llava needs 21 GB of GPU memory but the T4 has 15.8 GB; use 4-bit."))[:6]
-    'llava '
-    """
 
 
 @dataclass(frozen=True)
@@ -105,6 +98,7 @@ class FitReport(Report):
     download_bytes: int | None = None  # the checkpoint's weight files; None: unknown
     prequantized_download_bytes: int | None = None  # the catalog's pre-quantized 4-bit copy, where there is one
     prequantized: bool = False  # the checkpoint itself is saved in 4-bit
+    training: TrainingPlan | None = None  # fit(..., training=TrainingSettings(...)): the LoRA training plan
 
     @property
     def kv_bytes(self) -> int:
@@ -166,6 +160,8 @@ class FitReport(Report):
         'llava-hf/llava-1.5-7b-hf fits the T4 in '
         """
         how = f"{self.quantization or self.compute_dtype}"
+        if self.training is not None and (self.gpu_fits or self.target.is_cpu) and self.ram_fits:
+            return self.training.summary()
         if self.fits:
             return f"{self.model_id} fits the {self.target.name} in {how} with {format_bytes(self.margin_bytes)} to spare."
         if not self.gpu_fits and self.gpu_need_bytes is not None:
@@ -219,6 +215,8 @@ class FitReport(Report):
         rows.append(("RAM", ram))
         if self.context_length:
             rows.append(("context", f"{self.context_length:,} tokens"))
+        if self.training is not None:
+            rows.append(("training", _training_row(self.training)))
         rows.append(("margin", f"{'+' if self.margin_bytes >= 0 else '-'}{format_bytes(abs(self.margin_bytes))}"))
         return rows
 
@@ -242,8 +240,20 @@ class FitReport(Report):
         return text
 
     def sections(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """The suggestions, under the table."""
-        return (("Suggestions", self.suggestions),)
+        """The suggestions, under the table (and the training plan's, when there is one)."""
+        training = self.training.suggestions if self.training is not None else ()
+        return (("Suggestions", self.suggestions), ("Training suggestions", training))
+
+
+def _training_row(plan: TrainingPlan) -> str:
+    """The training plan in one table cell: verdict, total and its biggest terms."""
+    s = plan.settings
+    return (
+        f"LoRA rank {s.rank}, batch {s.batch_size} x {plan.sequence_length:,} tokens, checkpointing "
+        f"{'on' if s.gradient_checkpointing else 'off'}: {plan.verdict()}, {format_bytes(plan.total_bytes)} needed of "
+        f"{format_bytes(plan.available_bytes)} (activations {format_bytes(plan.activation_bytes)}, LoRA + gradients + "
+        f"AdamW {format_bytes(plan.lora_bytes + plan.gradient_bytes + plan.optimizer_bytes)})"
+    )
 
 
 # --------------------------------------------------------------------------- planning
@@ -468,16 +478,21 @@ def fit(
     dtype: str | torch.dtype | None = None,
     max_new_tokens: int = 512,
     n_images: int = 1,
+    training: TrainingSettings | None = None,
 ) -> FitReport:
     """Plan whether ``model`` fits ``target`` when loaded with ``quantization``; downloads no weights.
 
     ``model`` is a catalog id, a local checkpoint folder, a transformers config, or another Hub id (then
     only its config.json and shard index are downloaded). ``target`` is ``"auto"`` (this machine),
-    ``"t4"``, ``"l4"``, ``"a100-40"``, ``"cpu"`` or a ``Target``.
+    ``"t4"``, ``"l4"``, ``"a100-40"``, ``"cpu"`` or a ``Target``. With ``training=TrainingSettings(...)``
+    it also plans one LoRA training step (``report.training``, see :mod:`mllm_nb.memory.training`) and
+    ``fits`` answers for training.
 
     >>> r = fit("llava-hf/llava-1.5-13b-hf", quantization="4bit", target="t4")
     >>> r.fits, r.compute_dtype
     (True, 'float16')
+    >>> fit("llava-hf/llava-1.5-7b-hf", target="t4", training=TrainingSettings(batch_size=2)).training.fits
+    True
     """
     resolved = resolve_model(model)
     if resolved.prequantized and parse_quantization(quantization) != "4bit":
@@ -491,10 +506,15 @@ def fit(
         n_images=parse_count(n_images, "n_images"),
     )
     report = _assess(req)
-    return replace(report, suggestions=_suggestions(req, report))
+    report = replace(report, suggestions=_suggestions(req, report))
+    if training is None:
+        return report
+    plan = plan_training(resolved, training, quantization=req.quantization, target=req.target, dtype=req.dtype)
+    margin = min(report.margin_bytes, plan.margin_bytes)
+    return replace(report, training=plan, fits=report.fits and plan.fits, margin_bytes=margin)
 
 
 __all__ = [
-    "FitReport", "PlanError", "TARGETS", "Target", "WontFitError", "fit", "kv_bytes_per_token", "resolve_target",
-    "weight_bytes",
+    "FitReport", "PlanError", "TARGETS", "Target", "TrainingPlan", "TrainingSettings", "WontFitError", "fit",
+    "kv_bytes_per_token", "plan_training", "resolve_target", "weight_bytes",
 ]

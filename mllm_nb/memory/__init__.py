@@ -9,6 +9,8 @@
 * :mod:`~mllm_nb.memory.report`: the report base both verdicts render with (table, text, HTML, raise).
 * :mod:`~mllm_nb.memory.measured`: what a loaded model really uses (weights per device, CUDA counters, RAM)
   beside its plan: ``VLM.memory()``.
+* :mod:`~mllm_nb.memory.training`: what LoRA / QLoRA training needs (base, adapters, gradients, AdamW state,
+  activations, logits): ``fit(..., training=TrainingSettings(...))`` and ``plan_training``.
 
 The entry points stay :mod:`mllm_nb.plan` (``fit``) and :mod:`mllm_nb.context_budget` (``budget``).
 """

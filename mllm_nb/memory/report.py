@@ -32,6 +32,14 @@ class ReportError(MllmNbError):
         super().__init__(message)
 
 
+class WontFitError(ReportError):
+    """A model (or its training) will not fit the target; ``.report`` holds the report when one was given.
+
+    >>> str(WontFitError("llava needs 21 GB of GPU memory but the T4 has 15.8 GB; use 4-bit."))[:6]
+    'llava '
+    """
+
+
 class Report:
     """Shared rendering of a memory verdict (see the module docstring)."""
 
