@@ -1,4 +1,4 @@
-"""Block diagrams of how a multimodal model reads a picture: LLaVA and Honeybee, box by box.
+"""Block diagrams of how a multimodal model reads a picture (LLaVA, Honeybee) and what QLoRA trains, box by box.
 
 ``draw_architecture("llava")`` returns a matplotlib Figure (not registered with pyplot: put it last in a
 cell to show it) with one labelled box per stage, from the picture to the answer, and the prompt the
@@ -88,6 +88,18 @@ ARCHITECTURES: dict[str, Architecture] = {
         prompt='"Human: <image>\\nHuman: Please read all texts in image\\nAI: "',
         prompt_under=3,
     ),
+    "qlora": Architecture(
+        name="QLoRA fine-tuning of LLaVA (what is trained, what stays frozen)",
+        boxes=(
+            Box("picture", "your image", _IO_COLOR),
+            Box("CLIP ViT-L/14", "frozen\n(no adapters)", _VISION_COLOR),
+            Box("projector", "frozen + LoRA\nadapters (trained)", _PROJECTOR_COLOR),
+            Box("Vicuna LLM", "4-bit NF4, frozen\n+ LoRA adapters on\nevery Linear (trained)", _LLM_COLOR),
+            Box("answer", "loss on the answer\ntokens only", _IO_COLOR),
+        ),
+        prompt='"USER: <image>\\nWhat shape is the red object? ASSISTANT: star"  (loss on "star")',
+        prompt_under=3,
+    ),
 }
 
 
@@ -101,7 +113,7 @@ def _architecture(name: str) -> Architecture:
 
 
 def draw_architecture(name: str) -> Figure:
-    """A left-to-right block diagram of ``name`` ("llava", "honeybee"): picture → encoder → projector → LLM.
+    """A left-to-right block diagram of ``name`` ("llava", "honeybee", "qlora"): picture → encoder → projector → LLM.
 
     Each stage is a rounded box labelled with its title (``patch.get_label()``), arrows join the stages, and
     the prompt the language model reads is written under its box.

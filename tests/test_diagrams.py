@@ -18,6 +18,7 @@ from mllm_nb.errors import MllmNbError
 EXPECTED_TITLES = {
     "llava": ["picture", "CLIP ViT-L/14", "projector", "Vicuna LLM", "answer"],
     "honeybee": ["picture", "CLIP ViT-L/14", "C-Abstractor", "Vicuna LLM", "answer"],
+    "qlora": ["picture", "CLIP ViT-L/14", "projector", "Vicuna LLM", "answer"],
 }
 
 
@@ -65,3 +66,10 @@ def test_unknown_name_raises_one_sentence(bad: object) -> None:
     assert isinstance(info.value, MllmNbError)
     assert "\n" not in message and message.endswith(".")
     assert repr(bad) in message and "'honeybee'" in message and "'llava'" in message
+
+
+def test_qlora_diagram_says_what_is_trained_and_what_stays_frozen() -> None:
+    details = {box.title: box.detail for box in ARCHITECTURES["qlora"].boxes}
+    assert "frozen" in details["CLIP ViT-L/14"] and "trained" not in details["CLIP ViT-L/14"]
+    assert "4-bit" in details["Vicuna LLM"] and "LoRA" in details["Vicuna LLM"]
+    assert "answer" in details["answer"]
