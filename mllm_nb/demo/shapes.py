@@ -38,8 +38,15 @@ CLASSES: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHA
 
 LANGUAGES: tuple[str, ...] = ("en", "ko")
 
-# Circumradius of each shape relative to its nominal ``size``, chosen so the areas are alike.
-_EXTENT: dict[str, float] = {"circle": 1.0, "square": 0.9 * math.sqrt(2.0), "triangle": 1.4}
+EXTRA_COLORS: dict[str, RGB] = {"purple": (150, 60, 200), "orange": (245, 140, 30)}
+"""Colours the generator can draw that no fixture was trained on (new concepts to teach by fine-tuning)."""
+EXTRA_SHAPES: tuple[str, ...] = ("star",)
+"""Shapes the generator can draw that no fixture was trained on (a five-pointed star)."""
+
+# Circumradius of each shape relative to its nominal ``size``, chosen so the areas are alike (the star's is about
+# 40% larger, so that its points still show when it is small among other objects).
+_EXTENT: dict[str, float] = {"circle": 1.0, "square": 0.9 * math.sqrt(2.0), "triangle": 1.4, "star": 1.8}
+_STAR_INNER = 0.45  # inner radius of the star's notches, relative to its points
 MAX_ROTATION_DEG = 15.0
 """Default rotation range (+-) of squares and triangles: upright-ish figures are easy to name."""
 # Nominal object radius as a fraction of the image side, by number of objects in the scene.
@@ -90,7 +97,7 @@ class SceneObject:
     @property
     def fill(self) -> RGB:
         """The RGB fill colour drawn for this object."""
-        return self.rgb if self.rgb is not None else COLORS[self.color]
+        return self.rgb if self.rgb is not None else {**COLORS, **EXTRA_COLORS}[self.color]
 
     @property
     def extent(self) -> float:
@@ -202,7 +209,7 @@ def random_object(
     if center is None:
         margin = min(size * _EXTENT[shape] + 1.0, image_size / 2)
         center = (float(rng.uniform(margin, image_size - margin)), float(rng.uniform(margin, image_size - margin)))
-    return SceneObject(color, shape, center, size, rotation, _jitter(rng, COLORS[color], jitter))
+    return SceneObject(color, shape, center, size, rotation, _jitter(rng, {**COLORS, **EXTRA_COLORS}[color], jitter))
 
 
 def _fits(obj: SceneObject, placed: Iterable[SceneObject], gap: float, min_dx: float) -> bool:
@@ -281,6 +288,8 @@ def _background_array(background: Background, size: int) -> np.ndarray:
 
 
 def _vertices(obj: SceneObject, scale: float) -> list[tuple[float, float]]:
+    if obj.shape == "star":
+        return _star_vertices(obj, scale)
     corners = 4 if obj.shape == "square" else 3
     first = 45.0 if obj.shape == "square" else -90.0  # axis-aligned square, upright triangle
     radius = obj.extent * scale
@@ -288,6 +297,17 @@ def _vertices(obj: SceneObject, scale: float) -> list[tuple[float, float]]:
     points = []
     for k in range(corners):
         a = math.radians(first + obj.rotation + 360.0 * k / corners)
+        points.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
+    return points
+
+
+def _star_vertices(obj: SceneObject, scale: float) -> list[tuple[float, float]]:
+    """A five-pointed star, one point up (turned by ``rotation``): points and notches alternate."""
+    cx, cy = obj.center[0] * scale, obj.center[1] * scale
+    points = []
+    for k in range(10):
+        radius = obj.extent * scale * (1.0 if k % 2 == 0 else _STAR_INNER)
+        a = math.radians(-90.0 + obj.rotation + 36.0 * k)
         points.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
     return points
 
