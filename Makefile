@@ -38,6 +38,9 @@ OLDEST      := requirements/oldest.txt
 UNIT_TESTS  := -m pytest tests -m "not browser" -p no:cacheprovider --timeout=900
 NOTEBOOK_TESTS := notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
 	--nbval-sanitize-with notebooks/nbval_sanitize.cfg
+# The newest releases: the same, except that notebook 05's fine-tune percentages are compared by form only
+# (training on other kernels moves them a point or two; tests/test_finetune_demo.py checks the targets there).
+NOTEBOOK_TESTS_NEWEST := $(subst nbval_sanitize.cfg,nbval_sanitize_newest.cfg,$(NOTEBOOK_TESTS))
 # The browser test: Debian's chromium + chromedriver (apt, skipped when both are there) and a small venv with
 # JupyterLab 4, its ipywidgets frontend (jupyterlab_widgets, the version the main lock pairs with ipywidgets 8)
 # and selenium, from requirements/lock-browser.txt. pytest runs there; the notebook's kernel runs .venv's Python.
@@ -114,7 +117,7 @@ test-newest:
 	$(NO_CAP) $(VENV_NEWEST)/bin/python -m pip install --quiet --upgrade pip
 	$(NO_CAP) $(VENV_NEWEST)/bin/python -m pip install --quiet torchvision -e ".[test]"
 	$(VENV_NEWEST)/bin/python -m pip list 2>/dev/null | grep -iE "^(torch|torchvision|transformers|bitsandbytes|accelerate|ipywidgets|ipykernel|tokenizers|huggingface.hub) "
-	$(VENV_NEWEST)/bin/python $(UNIT_TESTS) $(NOTEBOOK_TESTS)
+	$(VENV_NEWEST)/bin/python $(UNIT_TESTS) $(NOTEBOOK_TESTS_NEWEST)
 	rm -rf $(VENV_NEWEST)  # about 6 GB: CI's disk holds one such venv at a time besides .venv
 
 # Oldest declared releases (requirements/oldest.txt pins each declared floor), on Python 3.11.
