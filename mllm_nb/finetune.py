@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from mllm_nb.finetune_adapter import FinetunedVLM, FinetuneError, load_adapter
-from mllm_nb.finetune_progress import TrainingLog
+from mllm_nb.finetune_progress import TrainingLog, import_peft
 from mllm_nb.memory.training import (
     PROJECTOR_MODES,
     PROJECTOR_NAMES,
@@ -91,7 +91,7 @@ def finetune(
         )
     checked = isinstance(examples, ExampleSet) and examples.longest is not None  # token counts already known
     data = examples if checked else load_examples(examples, vlm)
-    _check_fits(vlm, data, rank, batch_size, gradient_checkpointing, gradient_accumulation, projector, target)
+    plan = _check_fits(vlm, data, rank, batch_size, gradient_checkpointing, gradient_accumulation, projector, target)
     per_step = batch_size * gradient_accumulation
     total = steps if steps is not None else max(1, math.ceil(epochs * len(data) / per_step))
     settings = {
@@ -101,13 +101,19 @@ def finetune(
         "examples": len(data), "quantization": vlm.quantization,
     }
     model = _with_adapters(vlm, rank, alpha or 2 * rank, dropout, projector, output_head, gradient_checkpointing, seed)
-    log = TrainingLog(settings=settings)
+    log = TrainingLog(settings=settings, plan=plan)
+    on_gpu = vlm.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(vlm.device)
     started = time.perf_counter()
     try:
         _train(vlm, model, data, settings, warmup, progress, log)
     finally:
         model.eval()
     log.seconds = time.perf_counter() - started
+    if on_gpu:
+        log.peak_gpu_bytes = torch.cuda.max_memory_allocated(vlm.device)
+        log.peak_reserved_bytes = torch.cuda.max_memory_reserved(vlm.device)
     return FinetunedVLM(
         model=model, processor=vlm.processor, name=vlm.name, plan=vlm.plan, quantization=vlm.quantization,
         training_log=log, base_folder=getattr(vlm.model.config, "_name_or_path", None),
@@ -141,7 +147,8 @@ def _check_arguments(
 
 
 def _peft_model_class() -> type:
-    from peft import PeftModel
+    peft = import_peft()
+    PeftModel = peft.PeftModel
 
     return PeftModel
 
@@ -149,13 +156,13 @@ def _peft_model_class() -> type:
 def _check_fits(
     vlm: VLM, data: Any, rank: int, batch_size: int, checkpointing: bool, accumulation: int, projector: str,
     target: Any,
-) -> None:
-    """Plan the training memory (4-bit base, adapters, optimizer, activations) and refuse before any step."""
+) -> Any:
+    """Plan the training memory (4-bit base, adapters, optimizer, activations); refuse before any step, else the plan."""
     settings = TrainingSettings(
         rank=rank, batch_size=batch_size, sequence_length=data.longest, gradient_checkpointing=checkpointing,
         gradient_accumulation=accumulation, projector=projector,
     )
-    plan_training(vlm, settings, target=target).raise_if_wont_fit()
+    return plan_training(vlm, settings, target=target).raise_if_wont_fit()
 
 
 def language_model_prefix(model: torch.nn.Module) -> str:
@@ -242,7 +249,10 @@ def _with_adapters(
     vlm: VLM, rank: int, alpha: float, dropout: float, projector: str, head: bool, checkpointing: bool, seed: int
 ) -> Any:
     """The VLM's model wrapped in fresh LoRA adapters (seeded), prepared for k-bit training when quantized."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    peft = import_peft()
+    LoraConfig = peft.LoraConfig
+    get_peft_model = peft.get_peft_model
+    prepare_model_for_kbit_training = peft.prepare_model_for_kbit_training
     from transformers import set_seed
 
     model = vlm.model

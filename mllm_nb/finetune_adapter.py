@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mllm_nb.errors import MllmNbError
-from mllm_nb.finetune_progress import TrainingLog
+from mllm_nb.finetune_progress import TrainingLog, import_peft
 from mllm_nb.vlm import VLM
 
 if TYPE_CHECKING:
@@ -104,7 +104,9 @@ def save_adapter(tuned: FinetunedVLM, folder: str | os.PathLike, overwrite: bool
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        tuned.model.save_pretrained(str(scratch))
+        # LoRA on the output layer makes peft offer to save the whole (unchanged) embedding matrices too:
+        # hundreds of MB of base weights for a 7B model. The vocabulary is never resized here, so they are not.
+        tuned.model.save_pretrained(str(scratch), save_embedding_layers=False)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "adapter")
@@ -127,7 +129,8 @@ def load_adapter(vlm: VLM, folder: str | os.PathLike) -> FinetunedVLM:
     >>> tuned.ask("star.png", "What shape is the red object?")  # doctest: +SKIP
     'star'
     """
-    from peft import PeftModel
+    peft = import_peft()
+    PeftModel = peft.PeftModel
 
     path = Path(folder).expanduser()
     if not (path / ADAPTER_CONFIG).is_file():

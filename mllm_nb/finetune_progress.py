@@ -34,6 +34,26 @@ class TrainingLog:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None  # the TrainingPlan checked before the first step
+    peak_gpu_bytes: int | None = None  # torch.cuda.max_memory_allocated over the run; None off a GPU
+    peak_reserved_bytes: int | None = None  # torch.cuda.max_memory_reserved over the run
+
+    def memory(self) -> str:
+        """The planned training memory beside the GPU peak measured while training (two lines).
+
+        >>> print(TrainingLog(peak_gpu_bytes=6_100_000_000, peak_reserved_bytes=6_900_000_000).memory())
+        planned:  (no plan)
+        measured: 6.10 GB peak allocated by PyTorch on the GPU (6.90 GB reserved)
+        """
+        planned = "(no plan)" if self.plan is None else self.plan.summary()
+        if self.peak_gpu_bytes is None:
+            measured = "no GPU counters: this run was on the CPU (on a GPU the peak is measured here)"
+        else:
+            measured = (
+                f"{self.peak_gpu_bytes / 1e9:.2f} GB peak allocated by PyTorch on the GPU "
+                f"({(self.peak_reserved_bytes or 0) / 1e9:.2f} GB reserved)"
+            )
+        return f"planned:  {planned}\nmeasured: {measured}"
 
     @property
     def final_loss(self) -> float | None:
@@ -144,3 +164,25 @@ def quiet_trainer() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def import_peft() -> Any:
+    """Import peft without bitsandbytes' notice about an optional CPU kernel it could not fetch.
+
+    On CPUs with AVX512-BF16, importing bitsandbytes (peft does) tries to download a kernel from the Hub
+    that needs ``trust_remote_code`` and logs a warning when it can't: noise for a notebook, and this
+    package never trusts remote code. Other bitsandbytes messages are untouched.
+
+    >>> import_peft().__name__
+    'peft'
+    """
+    notice = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes  # noqa: F401  (peft imports it lazily, in the middle of adding adapters)
+        import peft
+    finally:
+        notice.setLevel(level)
+    return peft
+
