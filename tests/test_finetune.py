@@ -1,4 +1,4 @@
-"""Fine-tuning (mllm_nb.finetune): answer-only labels, LoRA training of tiny LLaVA and Qwen2.5-VL models,
+"""Fine-tuning (mllm_nb.finetuning): answer-only labels, LoRA training of tiny LLaVA and Qwen2.5-VL models,
 the returned VLM through ask/stream/batch_ask, adapters saved and loaded back, and refusal before a step."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 from tiny_llava import TINY_LLAVA, TOKENS_PER_IMAGE, needs_fixture
 
 import mllm_nb as mn
-from mllm_nb.finetune import (
+from mllm_nb.finetuning import (
     FinetunedVLM,
     FinetuneError,
     finetune,

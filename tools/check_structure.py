@@ -104,7 +104,24 @@ def check(root: Path) -> list[str]:
     # a package's __init__ re-exports its submodules; importing the package from a submodule is not a cycle
     graph = {node: {d for d in deps if not node.startswith(d + ".")} for node, deps in graph.items()}
     problems += [f"import cycle: {' -> '.join(group)}" for group in find_cycles(graph)]
-    return problems
+    return problems + shadowed_exports(root)
+
+
+def shadowed_exports(root: Path) -> list[str]:
+    """A lazy export named like a submodule is replaced by that module once anything imports it."""
+    init = root / "__init__.py"
+    tree = ast.parse(init.read_text(encoding="utf-8"))
+    exports: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in targets):
+                exports |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    submodules = {p.stem for p in root.glob("*.py")} | {p.name for p in root.iterdir() if (p / "__init__.py").exists()}
+    return [
+        f"{init}: the export {name!r} has a submodule's name; importing mllm_nb.{name} would replace it"
+        for name in sorted(exports & submodules)
+    ]
 
 
 def check_tests(folder: Path) -> list[str]:

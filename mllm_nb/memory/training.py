@@ -25,7 +25,8 @@ compute dtype (2 on a GPU, 4 on a CPU) and ``s`` the bytes of the residual strea
 * **logits**: the loss upcasts the logits and backward holds their log-softmax and two gradients,
   ``T x V x (12 + c)`` bytes (``T x V x 12`` when computing in fp32) -- the largest term for big vocabularies.
   The activation peak is ``T x (L x layer + h x s) + logits`` without checkpointing and
-  ``T x (L + 1) x h x s + max(logits, T x layer)`` with it.
+  ``T x (L + 1) x h x s + max(logits, T x V x c + T x layer)`` with it (the model's output keeps its logits
+  while backward recomputes each layer).
 * **overhead** (GPU targets): the 512 MiB CUDA context, one dequantized 4-bit weight for forward and one for
   backward, the 16-bit copy autocast makes of the fp32 output layer (quantized base), and an allocator reserve
   of 5% (at least 256 MiB) of everything else. CPU targets get the copies and reserve, no CUDA context.
@@ -499,8 +500,9 @@ def _assess(m: _Model, s: TrainingSettings, target: Target) -> TrainingPlan:
     params = lora + full
     layer = tokens * _layer_bytes_per_token(m, s, sequence, residual)
     logits = tokens * m.vocab * (LOGIT_FP32_BYTES + (c if c != 4 else 0))
-    if s.gradient_checkpointing:
-        activations = tokens * (m.layers + 1) * m.hidden * residual + max(logits, layer)
+    if s.gradient_checkpointing:  # the model's output keeps its logits while each layer is recomputed
+        kept_logits = tokens * m.vocab * c
+        activations = tokens * (m.layers + 1) * m.hidden * residual + max(logits, kept_logits + layer)
     else:
         activations = m.layers * layer + tokens * m.hidden * residual + logits
     trainable = params * (ADAPTER_BYTES + 4 + ADAM_BYTES)
