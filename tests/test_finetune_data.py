@@ -173,3 +173,13 @@ def test_accuracy_line_format():
     from mllm_nb.demo.new_concept import accuracy_line
 
     assert accuracy_line("new concept", 0.0, 0.87) == "new concept accuracy: before 0% -> after 87%"
+
+
+def test_demo_concept_sets_refuse_bad_settings_in_one_sentence() -> None:
+    from mllm_nb.demo import new_concept
+    from mllm_nb.errors import MllmNbError
+
+    with pytest.raises(MllmNbError, match="replay must be a share between 0 and 1, got 1.5"):
+        new_concept.make_concept_examples(8, replay=1.5)
+    with pytest.raises(MllmNbError, match="Unknown concept question kind 'hexagon'"):
+        new_concept.concept_qa(np.random.default_rng(0), "hexagon")

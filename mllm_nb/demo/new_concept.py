@@ -31,6 +31,7 @@ from mllm_nb.demo.scene_qa import (
     number_word,
 )
 from mllm_nb.demo.shapes import COLORS, EXTRA_SHAPES, SHAPES, Scene, random_scene
+from mllm_nb.errors import MllmNbError
 
 CONCEPT: str = EXTRA_SHAPES[0]
 """The new word: a five-pointed star, drawn by :mod:`mllm_nb.demo.shapes` but never shown to the fixture."""
@@ -51,6 +52,14 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 LoRA on the output layer is what lets the model write a word it never wrote; the projector's LoRA (the default)
 helped the star be seen among other objects."""
+
+
+class ConceptDataError(MllmNbError, ValueError):
+    """A demo concept set was asked for with settings that cannot make one.
+
+    >>> str(ConceptDataError("replay must be a share between 0 and 1, got 2."))
+    'replay must be a share between 0 and 1, got 2.'
+    """
 
 
 def star_scene(rng: np.random.Generator, n_objects: int | None = None, image_size: int = IMAGE_SIZE) -> Scene:
@@ -80,7 +89,7 @@ def concept_qa(
     'star'
     """
     if kind not in CONCEPT_KINDS:
-        raise ValueError(f"Unknown concept question kind {kind!r}; use one of {CONCEPT_KINDS}.")
+        raise ConceptDataError(f"Unknown concept question kind {kind!r}; use one of {CONCEPT_KINDS}.")
     if n_objects is None:
         single = kind == "star_shape" and rng.random() < 0.4
         n_objects = 1 if single else int(rng.integers(2 if kind == "other_shape" else 1, 4))
@@ -113,7 +122,7 @@ def make_concept_examples(
     (8, True)
     """
     if not 0.0 <= replay <= 1.0:
-        raise ValueError(f"replay must be a share between 0 and 1, got {replay}.")
+        raise ConceptDataError(f"replay must be a share between 0 and 1, got {replay}.")
     rng = np.random.default_rng(seed)
     n_replay = round(n * replay)
     old = make_qa_set(n_replay, seed=seed + 10_000, kinds=REPLAY_KINDS) if n_replay else []
@@ -163,7 +172,7 @@ def accuracy(vlm: Any, items: Sequence[QA], batch_size: int = 32) -> float:
     0.0
     """
     if not items:
-        raise ValueError("accuracy needs at least one question.")
+        raise ConceptDataError("accuracy needs at least one question.")
     given = answers(vlm, items, batch_size)
     return sum(a.strip().lower() == qa.answer for a, qa in zip(given, items)) / len(items)
 
