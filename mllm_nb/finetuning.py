@@ -28,9 +28,11 @@ from mllm_nb.finetune_adapter import FinetunedVLM, FinetuneError, load_adapter
 from mllm_nb.finetune_progress import TrainingLog, import_peft
 from mllm_nb.memory.training import (
     PROJECTOR_MODES,
-    PROJECTOR_NAMES,
     TrainingSettings,
+    decoder_prefix,
+    is_linear,
     plan_training,
+    projector_prefix,
 )
 from mllm_nb.vlm import VLM
 
@@ -171,30 +173,13 @@ def language_model_prefix(model: torch.nn.Module) -> str:
     >>> language_model_prefix(vlm.model)  # doctest: +SKIP
     'model.language_model'
     """
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    names = {id(module): name for name, module in model.named_modules()}
-    if decoder is not None and id(decoder) in names and names[id(decoder)]:
-        return names[id(decoder)]
-    for name, _ in model.named_modules():
-        if name.split(".")[-1] == "language_model":
-            return name
-    raise FinetuneError(
-        f"Could not find the language model inside {type(model).__name__}; fine-tuning supports image-text-to-text "
-        "models whose decoder is reachable with get_decoder() (LLaVA, Qwen-VL, Gemma 3, ...)."
-    )
-
-
-def projector_prefix(model: torch.nn.Module) -> str | None:
-    """The qualified name of the vision-to-text projector (None when the model has none that is known).
-
-    >>> projector_prefix(vlm.model)  # doctest: +SKIP
-    'model.multi_modal_projector'
-    """
-    language = language_model_prefix(model)
-    for name, _ in model.named_modules():
-        if name.split(".")[-1] in PROJECTOR_NAMES and not name.startswith(language + "."):
-            return name
-    return None
+    prefix = decoder_prefix(model)
+    if not prefix:
+        raise FinetuneError(
+            f"Could not find the language model inside {type(model).__name__}; fine-tuning supports image-text-to-text "
+            "models whose decoder is reachable with get_decoder() (LLaVA, Qwen-VL, Gemma 3, ...)."
+        )
+    return prefix
 
 
 def lora_targets(model: torch.nn.Module, projector: str = "lora", output_head: bool = False) -> tuple[str, list[str]]:
@@ -206,11 +191,11 @@ def lora_targets(model: torch.nn.Module, projector: str = "lora", output_head: b
     '(?:model\\\\.language_model|model\\\\.multi_modal_projector)\\\\..*'
     """
     prefixes = [language_model_prefix(model)]
-    found = projector_prefix(model)
+    found = projector_prefix(model, prefixes[0])
     if projector == "lora" and found:
         prefixes.append(found)
     modules = dict(model.named_modules())
-    chosen = {name for name, module in modules.items() if _is_linear(module) and _under(name, prefixes)}
+    chosen = {name for name, module in modules.items() if is_linear(module) and _under(name, prefixes)}
     if not chosen:
         raise FinetuneError(f"{type(model).__name__} has no Linear layers in its language model to put LoRA on.")
     parts = []
@@ -236,13 +221,6 @@ def _output_head_name(model: torch.nn.Module) -> str | None:
 
 def _under(name: str, prefixes: list[str]) -> bool:
     return any(name.startswith(prefix + ".") for prefix in prefixes)
-
-
-def _is_linear(module: torch.nn.Module) -> bool:
-    """A plain or bitsandbytes-quantized Linear layer."""
-    if isinstance(module, torch.nn.Linear):
-        return True
-    return type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
 def _with_adapters(

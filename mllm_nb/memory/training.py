@@ -383,8 +383,40 @@ def _from_resolved(model: Any, quantization: str | None, dtype: str) -> _Model:
     )  # fmt: skip
 
 
-def _is_linear(module: Any) -> bool:
-    return type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt") and hasattr(module, "in_features")
+def is_linear(module: Any) -> bool:
+    """A plain or bitsandbytes-quantized Linear layer (judged by class names, so torch need not be imported).
+
+    >>> import torch
+    >>> is_linear(torch.nn.Linear(2, 3)), is_linear(torch.nn.Conv2d(1, 1, 1))
+    (True, False)
+    """
+    names = {cls.__name__ for cls in type(module).__mro__}
+    return bool(names & {"Linear", "Linear4bit", "Linear8bitLt"}) and hasattr(module, "in_features")
+
+
+def decoder_prefix(model: Any) -> str:
+    """The qualified name of the language model inside a VLM (``""`` when none is found).
+
+    >>> decoder_prefix(vlm.model)  # doctest: +SKIP
+    'model.language_model'
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    names = {id(module): name for name, module in model.named_modules()}
+    if decoder is not None and names.get(id(decoder)):
+        return names[id(decoder)]
+    return next((name for name, _ in model.named_modules() if name.split(".")[-1] == "language_model"), "")
+
+
+def projector_prefix(model: Any, decoder: str = "") -> str | None:
+    """The qualified name of the vision-to-text projector outside ``decoder`` (None when none is known).
+
+    >>> projector_prefix(vlm.model, "model.language_model")  # doctest: +SKIP
+    'model.multi_modal_projector'
+    """
+    for name, _ in model.named_modules():
+        if name.split(".")[-1] in PROJECTOR_NAMES and not (decoder and name.startswith(decoder + ".")):
+            return name
+    return None
 
 
 def _loaded_quantization(model: Any) -> str | None:
@@ -406,23 +438,19 @@ def _param_bytes(param: Any) -> int:
 
 def _linear_counts(model: Any, settings: TrainingSettings) -> dict[str, int]:
     """Exact ``{"lora": params, "full": params}`` of a loaded model for these settings."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    names = {id(module): name for name, module in model.named_modules()}
-    prefix = names.get(id(decoder), "") if decoder is not None else ""
+    prefix = decoder_prefix(model)
     counts = {"lora": 0, "full": 0}
     for name, module in model.named_modules():
         inside = bool(prefix) and name.startswith(prefix + ".")
-        if inside and _is_linear(module) and name.split(".")[-1] in settings.targets:
+        if inside and is_linear(module) and name.split(".")[-1] in settings.targets:
             counts["lora"] += settings.rank * (module.in_features + module.out_features)
-    for name, module in model.named_modules():
-        if name.split(".")[-1] not in PROJECTOR_NAMES or (prefix and name.startswith(prefix + ".")):
-            continue
-        linears = [m for m in module.modules() if _is_linear(m)]
+    projector = projector_prefix(model, prefix)
+    if projector is not None:
+        linears = [m for m in model.get_submodule(projector).modules() if is_linear(m)]
         if settings.projector == "lora":
             counts["lora"] += sum(settings.rank * (m.in_features + m.out_features) for m in linears)
         elif settings.projector == "full":
             counts["full"] += sum(m.in_features * m.out_features + m.out_features for m in linears)
-        break
     return counts
 
 
